@@ -1,0 +1,896 @@
+"""
+lb.toml -> frozen attrs values.
+
+Two forms are accepted.  The simple form (C{[load_balancer]} and
+C{[[server]]}) is shorthand for one listener and one pool, both named
+C{default}.  The full form names listeners (C{[listeners.NAME]}) and pools
+(C{[pools.NAME]}).  Both end up as one L{Config}.
+
+Every problem raises L{ConfigError} whose message names the file, the key path
+and the bad value, e.g. C{lb.toml: server[2].port: must be 1-65535, got 70000}.
+Unknown keys are errors with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import tomllib
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+from txlb.interfaces import IStrategyFactory
+from txlb.plugin import StrategyLookupError, findStrategy, strategyRegistry
+
+LAYERS = ("L4", "L7")
+HEALTH_CHECK_TYPES = ("tcp", "http")
+DEFAULT_PORT = 8080
+DEFAULT_ADDRESS = "0.0.0.0"
+DEFAULT_BACKLOG = 1024
+MAX_WEIGHT = 1000
+
+
+class ConfigError(Exception):
+    """
+    A configuration is invalid.
+
+    @ivar source: the file (or C{<command line>}) the value came from.
+    @ivar path: the key path, e.g. C{server[2].port}; empty for the file.
+    @ivar problem: what is wrong.
+    """
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.source}: {self.path}: {self.problem}"
+        return f"{self.source}: {self.problem}"
+
+
+@attrs.frozen
+class TimeoutsConfig:
+    """
+    Timeouts in seconds; C{None} disables one.
+
+    @ivar connect: to open a backend connection.
+    @ivar idle: an L4 connection (or idle L7 keep-alive) with no traffic.
+    @ivar response: L7, from request sent to response headers.
+    @ivar header: L7, for the client to send a whole request header block.
+    """
+
+    connect: float = 5.0
+    idle: float | None = 600.0
+    response: float | None = 60.0
+    header: float | None = 10.0
+
+
+@attrs.frozen
+class HealthCheckConfig:
+    """
+    Active health checking of one pool's servers.
+    """
+
+    type: str = "tcp"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    path: str = "/health"
+    host: str | None = None
+    expectedStatus: tuple[int, int] = (200, 399)
+    jitter: float = 0.1
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    One backend server.
+
+    @ivar name: identity for reloads, the API and metrics.
+    @ivar address: host, when given as address/port.
+    @ivar port: port, when given as address/port.
+    @ivar endpoint: the Twisted client endpoint string used to connect.
+    """
+
+    name: str
+    address: str | None
+    port: int | None
+    endpoint: str
+    weight: int = 1
+    maxConnections: int | None = None
+
+
+@attrs.frozen
+class PoolConfig:
+    """
+    A named set of servers behind one strategy.
+
+    @ivar algorithm: the strategy factory's declared name.
+    @ivar algorithmOptions: the C{algorithm_options} table as sorted pairs.
+    """
+
+    name: str
+    algorithm: str
+    servers: tuple[ServerConfig, ...]
+    algorithmOptions: tuple[tuple[str, Any], ...] = ()
+    healthCheck: HealthCheckConfig | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """
+        The C{algorithm_options} as a new C{dict}, for C{build(options)}.
+        """
+        return dict(self.algorithmOptions)
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    An L7 route: when every given condition matches, use C{pool}.
+    """
+
+    pool: str
+    host: str | None = None
+    pathPrefix: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One listening socket.
+
+    @ivar endpoint: the Twisted server endpoint string to listen on.
+    @ivar pool: the default pool's name.
+    @ivar maxConnections: listener-wide limit, C{None} for none.
+    """
+
+    name: str
+    endpoint: str
+    layer: str
+    pool: str
+    maxConnections: int | None = None
+    routes: tuple[RouteConfig, ...] = ()
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, validated configuration.
+    """
+
+    source: str
+    listeners: tuple[ListenerConfig, ...]
+    pools: tuple[PoolConfig, ...]
+
+    def pool(self, name: str) -> PoolConfig:
+        """
+        The pool called C{name}.
+
+        @raise KeyError: no such pool.
+        """
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+@attrs.frozen
+class Overrides:
+    """
+    Command-line flags that override the file.
+
+    @ivar backends: C{(host, port)} pairs replacing the default pool's servers.
+    """
+
+    port: int | None = None
+    backends: tuple[tuple[str, int], ...] | None = None
+    algorithm: str | None = None
+    layer: str | None = None
+    healthCheckInterval: float | None = None
+
+    def any(self) -> bool:
+        """
+        C{True} when at least one flag was given.
+        """
+        return any(v is not None for v in attrs.astuple(self, recurse=False))
+
+
+# -------------------------------------------------------------------- reading
+
+
+class _NoReactor:
+    """
+    Stands in for a reactor while endpoint strings are only parsed.
+    """
+
+
+def _hostForEndpoint(host: str) -> tuple[str, str]:
+    """
+    The endpoint type and the escaped host for C{host}.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "tcp", host
+    if ip.version == 6:
+        return "tcp6", host.replace(":", "\\:")
+    return "tcp", host
+
+
+def clientEndpointString(host: str, port: int, timeout: float | None = None) -> str:
+    """
+    A Twisted client endpoint string for C{host}:C{port}.
+    """
+    kind, escaped = _hostForEndpoint(host)
+    s = f"{kind}:host={escaped}:port={port}"
+    if timeout is not None:
+        s += f":timeout={timeout:g}"
+    return s
+
+
+def serverEndpointString(address: str, port: int, backlog: int) -> str:
+    """
+    A Twisted server endpoint string listening on C{address}:C{port}.
+    """
+    kind, escaped = _hostForEndpoint(address)
+    return f"{kind}:port={port}:interface={escaped}:backlog={backlog}"
+
+
+def _typeName(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """
+    Reads one TOML table, tracking the key path for error messages and which
+    keys were used, so that leftovers are reported as unknown.
+    """
+
+    def __init__(self, source: str, path: str, table: Mapping[str, Any]) -> None:
+        self.source = source
+        self.path = path
+        self.table = table
+        self.used: set[str] = set()
+
+    def keyPath(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str | None, problem: str) -> ConfigError:
+        return ConfigError(
+            self.source, self.keyPath(key) if key else self.path, problem
+        )
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.table.get(key, default)
+
+    def absent(self, key: str) -> bool:
+        """
+        Mark C{key} as read; C{True} when the table does not have it.
+        """
+        self.used.add(key)
+        return key not in self.table
+
+    def sub(self, key: str) -> _Reader | None:
+        """
+        The sub-table C{key}, or C{None} when absent.
+        """
+        value = self.raw(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table, got {_typeName(value)}")
+        return _Reader(self.source, self.keyPath(key), value)
+
+    def tables(self, key: str, label: str | None = None) -> list[_Reader]:
+        """
+        The array of tables C{key} (empty when absent).
+        """
+        value = self.raw(key, [])
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(key, f"must be an array of tables, got {_typeName(value)}")
+        label = label or self.keyPath(key)
+        readers = []
+        for i, item in enumerate(value, 1):
+            if not isinstance(item, dict):
+                raise ConfigError(
+                    self.source, f"{label}[{i}]", f"must be a table, got {_typeName(item)}"
+                )
+            readers.append(_Reader(self.source, f"{label}[{i}]", item))
+        return readers
+
+    def string(self, key: str, default: Any = None, choices: Sequence[str] = ()) -> Any:
+        if self.absent(key):
+            return default
+        value = self.table[key]
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        if choices:
+            for choice in choices:
+                if value.lower() == choice.lower():
+                    return choice
+            raise self.error(
+                key, f"must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def integer(
+        self, key: str, default: Any = None, low: int | None = None, high: int | None = None
+    ) -> Any:
+        if self.absent(key):
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                raise self.error(key, f"must be at least {low}, got {value}")
+            raise self.error(key, f"must be {low}-{high}, got {value}")
+        return value
+
+    def seconds(self, key: str, default: Any = None, allowZero: bool = False) -> Any:
+        if self.absent(key):
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"must be a number of seconds, got {value!r}")
+        if value < 0 or (value == 0 and not allowZero) or value != value:
+            raise self.error(key, f"must be a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def finish(self, extra: Sequence[str] = ()) -> None:
+        """
+        Fail on any key that was not read.
+        """
+        for key in self.table:
+            if key in self.used:
+                continue
+            known = sorted(self.used | set(extra))
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if hint:
+                problem = f"unknown key; did you mean {hint[0]!r}?"
+            else:
+                problem = f"unknown key; known keys here: {', '.join(known)}"
+            raise self.error(key, problem)
+
+
+# Keys each table accepts, so that "did you mean" can suggest keys that were
+# absent from the file (and therefore never read).
+_SERVER_KEYS = ("name", "address", "port", "endpoint", "weight", "max_connections")
+_TIMEOUT_KEYS = ("connect", "idle", "response", "header")
+_HEALTH_KEYS = (
+    "type", "interval", "timeout", "rise", "fall", "path", "host",
+    "expected_status", "jitter",
+)
+_LISTENER_KEYS = (
+    "address", "port", "endpoint", "layer", "pool", "max_connections", "backlog",
+    "routes",
+)
+_LB_KEYS = (
+    "address", "port", "endpoint", "layer", "algorithm", "algorithm_options",
+    "max_connections", "backlog",
+)
+_POOL_KEYS = ("algorithm", "algorithm_options", "health_check", "timeouts", "servers")
+_ROUTE_KEYS = ("pool", "host", "path_prefix", "headers")
+_TOP_KEYS = (
+    "load_balancer", "server", "listeners", "pools", "health_check", "timeouts",
+)
+
+
+def _readTimeouts(r: _Reader | None, base: TimeoutsConfig) -> TimeoutsConfig:
+    if r is None:
+        return base
+    values = {}
+    for key in _TIMEOUT_KEYS:
+        if r.has(key):
+            value = r.raw(key)
+            if value is False and key != "connect":
+                values[key] = None
+            else:
+                values[key] = r.seconds(key)
+        else:
+            r.raw(key)
+    r.finish(_TIMEOUT_KEYS)
+    return attrs.evolve(base, **values)
+
+
+def _readStatusRange(r: _Reader) -> tuple[int, int] | None:
+    value = r.raw("expected_status")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and "-" in value:
+        lowText, _, highText = value.partition("-")
+        try:
+            low, high = int(lowText), int(highText)
+        except ValueError:
+            raise r.error("expected_status", f"must be like \"200-399\", got {value!r}")
+    else:
+        raise r.error(
+            "expected_status", f"must be a status or a range like \"200-399\", got {value!r}"
+        )
+    if not (100 <= low <= high <= 599):
+        raise r.error("expected_status", f"must be within 100-599, got {value!r}")
+    return (low, high)
+
+
+def _readHealthCheck(
+    r: _Reader | None, base: HealthCheckConfig | None
+) -> HealthCheckConfig | None:
+    if r is None:
+        return base
+    values: dict[str, Any] = {}
+    kind = r.string("type", choices=HEALTH_CHECK_TYPES)
+    if kind is not None:
+        values["type"] = kind
+    for key in ("interval", "timeout"):
+        value = r.seconds(key)
+        if value is not None:
+            values[key] = value
+    jitter = r.raw("jitter")
+    if jitter is not None:
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not (
+            0 <= jitter < 1
+        ):
+            raise r.error("jitter", f"must be a fraction from 0 to below 1, got {jitter!r}")
+        values["jitter"] = float(jitter)
+    for key in ("rise", "fall"):
+        value = r.integer(key, low=1, high=100)
+        if value is not None:
+            values[key] = value
+    path = r.string("path")
+    if path is not None:
+        if not path.startswith("/"):
+            raise r.error("path", f"must start with '/', got {path!r}")
+        values["path"] = path
+    host = r.string("host")
+    if host is not None:
+        values["host"] = host
+    status = _readStatusRange(r)
+    if status is not None:
+        values["expectedStatus"] = status
+    r.finish(_HEALTH_KEYS)
+    result = attrs.evolve(base or HealthCheckConfig(), **values)
+    if result.timeout > result.interval:
+        raise r.error(
+            "timeout",
+            f"must not exceed interval ({result.interval:g}), got {result.timeout:g}",
+        )
+    return result
+
+
+def _readServer(r: _Reader, connectTimeout: float) -> ServerConfig:
+    endpoint = r.string("endpoint")
+    address = r.string("address")
+    port = r.integer("port", low=1, high=65535)
+    if endpoint is not None:
+        if address is not None or port is not None:
+            raise r.error("endpoint", "give either endpoint or address/port, not both")
+        try:
+            clientFromString(_NoReactor(), endpoint)
+        except Exception as e:
+            raise r.error("endpoint", f"not a valid client endpoint string ({e}): {endpoint!r}")
+    else:
+        if address is None:
+            raise r.error(None, "needs address (and port) or endpoint")
+        if port is None:
+            raise r.error("port", "is required with address")
+        endpoint = clientEndpointString(address, port, connectTimeout)
+    name = r.string("name")
+    if name is None:
+        name = f"[{address}]:{port}" if address and ":" in address else (
+            f"{address}:{port}" if address is not None else endpoint
+        )
+    weight = r.integer("weight", 1, low=1, high=MAX_WEIGHT)
+    maxConnections = r.integer("max_connections", low=1)
+    r.finish(_SERVER_KEYS)
+    return ServerConfig(
+        name=name,
+        address=address,
+        port=port,
+        endpoint=endpoint,
+        weight=weight,
+        maxConnections=maxConnections,
+    )
+
+
+def _readServers(
+    readers: list[_Reader], source: str, path: str, connectTimeout: float
+) -> tuple[ServerConfig, ...]:
+    servers = []
+    seen: dict[str, str] = {}
+    for r in readers:
+        server = _readServer(r, connectTimeout)
+        for key in (f"name {server.name!r}", f"endpoint {server.endpoint!r}"):
+            if key in seen:
+                raise ConfigError(
+                    source, r.path, f"duplicate server: same {key} as {seen[key]}"
+                )
+            seen[key] = r.path
+        servers.append(server)
+    if not servers:
+        raise ConfigError(source, path, "a pool needs at least one server")
+    return tuple(servers)
+
+
+def _readAlgorithm(
+    r: _Reader,
+    registry: Mapping[str, IStrategyFactory],
+    default: str = "round_robin",
+) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    name = r.string("algorithm", default)
+    try:
+        factory = findStrategy(name, registry)
+    except StrategyLookupError as e:
+        raise r.error("algorithm", str(e))
+    opts = r.sub("algorithm_options")
+    options = dict(opts.table) if opts is not None else {}
+    try:
+        factory.build(dict(options))
+    except ValueError as e:
+        raise r.error("algorithm_options", f"{factory.name}: {e}")
+    except Exception as e:
+        raise r.error(
+            "algorithm_options", f"{factory.name} failed to build: {type(e).__name__}: {e}"
+        )
+    return factory.name, tuple(sorted(options.items()))
+
+
+def _readListenEndpoint(r: _Reader, defaultPort: int | None) -> str:
+    endpoint = r.string("endpoint")
+    backlog = r.integer("backlog", DEFAULT_BACKLOG, low=1, high=65535)
+    if endpoint is not None:
+        if r.has("address") or r.has("port"):
+            raise r.error("endpoint", "give either endpoint or address/port, not both")
+        try:
+            serverFromString(_NoReactor(), endpoint)
+        except Exception as e:
+            raise r.error("endpoint", f"not a valid server endpoint string ({e}): {endpoint!r}")
+        return endpoint
+    address = r.string("address", DEFAULT_ADDRESS)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise r.error("address", f"must be an IP address to listen on, got {address!r}")
+    port = r.integer("port", defaultPort, low=0, high=65535)
+    if port is None:
+        raise r.error("port", "is required (or give endpoint)")
+    return serverEndpointString(address, port, backlog)
+
+
+def _readRoutes(r: _Reader, layer: str) -> tuple[RouteConfig, ...]:
+    routes = []
+    for rr in r.tables("routes"):
+        if layer != "L7":
+            raise rr.error(None, "routes need layer = \"L7\"")
+        pool = rr.string("pool")
+        if pool is None:
+            raise rr.error("pool", "is required")
+        host = rr.string("host")
+        prefix = rr.string("path_prefix")
+        if prefix is not None and not prefix.startswith("/"):
+            raise rr.error("path_prefix", f"must start with '/', got {prefix!r}")
+        headers = rr.sub("headers")
+        pairs: list[tuple[str, str]] = []
+        if headers is not None:
+            for hname, hvalue in headers.table.items():
+                headers.raw(hname)
+                if not isinstance(hvalue, str):
+                    raise headers.error(hname, f"must be a string, got {hvalue!r}")
+                pairs.append((hname.lower(), hvalue))
+        rr.finish(_ROUTE_KEYS)
+        routes.append(
+            RouteConfig(pool=pool, host=host, pathPrefix=prefix, headers=tuple(pairs))
+        )
+    return tuple(routes)
+
+
+# ------------------------------------------------------------- the two forms
+
+
+def _applyOverridesSimple(doc: dict[str, Any], o: Overrides) -> None:
+    lb = doc.setdefault("load_balancer", {})
+    if not isinstance(lb, dict):
+        return
+    if o.port is not None:
+        lb.pop("endpoint", None)
+        lb["port"] = o.port
+    if o.algorithm is not None:
+        lb["algorithm"] = o.algorithm
+        lb.pop("algorithm_options", None)
+    if o.layer is not None:
+        lb["layer"] = o.layer
+    if o.backends is not None:
+        doc["server"] = [{"address": h, "port": p} for h, p in o.backends]
+    if o.healthCheckInterval is not None:
+        hc = doc.setdefault("health_check", {})
+        if isinstance(hc, dict):
+            hc["interval"] = o.healthCheckInterval
+            if "timeout" not in hc:
+                hc["timeout"] = min(HealthCheckConfig.timeout, o.healthCheckInterval)
+
+
+def _applyOverridesFull(doc: dict[str, Any], o: Overrides, source: str) -> None:
+    listeners = doc.get("listeners")
+    if not isinstance(listeners, dict) or len(listeners) != 1:
+        flags = [
+            flag
+            for flag, value in (
+                ("--port", o.port),
+                ("--backends", o.backends),
+                ("--algorithm", o.algorithm),
+                ("--layer", o.layer),
+            )
+            if value is not None
+        ]
+        if flags:
+            raise ConfigError(
+                source,
+                "listeners",
+                f"{', '.join(flags)} {'need' if len(flags) > 1 else 'needs'} exactly one listener in the file to apply to",
+            )
+    if isinstance(listeners, dict) and len(listeners) == 1:
+        (listener,) = listeners.values()
+        if isinstance(listener, dict):
+            if o.port is not None:
+                listener.pop("endpoint", None)
+                listener["port"] = o.port
+            if o.layer is not None:
+                listener["layer"] = o.layer
+            poolName = listener.get("pool")
+            pools = doc.get("pools")
+            if isinstance(pools, dict) and isinstance(pools.get(poolName), dict):
+                pool = pools[poolName]
+                if o.algorithm is not None:
+                    pool["algorithm"] = o.algorithm
+                    pool.pop("algorithm_options", None)
+                if o.backends is not None:
+                    pool["servers"] = [{"address": h, "port": p} for h, p in o.backends]
+    if o.healthCheckInterval is not None:
+        hc = doc.setdefault("health_check", {})
+        if isinstance(hc, dict):
+            hc["interval"] = o.healthCheckInterval
+        pools = doc.get("pools")
+        if isinstance(pools, dict):
+            for pool in pools.values():
+                if isinstance(pool, dict) and isinstance(pool.get("health_check"), dict):
+                    pool["health_check"]["interval"] = o.healthCheckInterval
+
+
+def _readSimple(
+    top: _Reader, registry: Mapping[str, IStrategyFactory]
+) -> tuple[tuple[ListenerConfig, ...], tuple[PoolConfig, ...]]:
+    lb = top.sub("load_balancer") or _Reader(top.source, "load_balancer", {})
+    timeouts = _readTimeouts(top.sub("timeouts"), TimeoutsConfig())
+    health = _readHealthCheck(top.sub("health_check"), None)
+    endpoint = _readListenEndpoint(lb, DEFAULT_PORT)
+    layer = lb.string("layer", "L4", choices=LAYERS)
+    maxConnections = lb.integer("max_connections", low=1)
+    algorithm, options = _readAlgorithm(lb, registry)
+    lb.finish(_LB_KEYS)
+    servers = _readServers(
+        top.tables("server", "server"), top.source, "server", timeouts.connect
+    )
+    pool = PoolConfig(
+        name="default",
+        algorithm=algorithm,
+        algorithmOptions=options,
+        servers=servers,
+        healthCheck=health,
+        timeouts=timeouts,
+    )
+    listener = ListenerConfig(
+        name="default",
+        endpoint=endpoint,
+        layer=layer,
+        pool="default",
+        maxConnections=maxConnections,
+    )
+    return (listener,), (pool,)
+
+
+def _readFull(
+    top: _Reader, registry: Mapping[str, IStrategyFactory]
+) -> tuple[tuple[ListenerConfig, ...], tuple[PoolConfig, ...]]:
+    baseTimeouts = _readTimeouts(top.sub("timeouts"), TimeoutsConfig())
+    baseHealth = _readHealthCheck(top.sub("health_check"), None)
+    poolsTable = top.sub("pools")
+    if poolsTable is None or not poolsTable.table:
+        raise top.error("pools", "at least one [pools.NAME] table is required")
+    pools = []
+    for name in poolsTable.table:
+        p = poolsTable.sub(name)
+        assert p is not None
+        timeouts = _readTimeouts(p.sub("timeouts"), baseTimeouts)
+        health = _readHealthCheck(p.sub("health_check"), baseHealth)
+        algorithm, options = _readAlgorithm(p, registry)
+        servers = _readServers(p.tables("servers"), top.source, p.path + ".servers",
+                               timeouts.connect)
+        p.finish(_POOL_KEYS)
+        pools.append(
+            PoolConfig(
+                name=name,
+                algorithm=algorithm,
+                algorithmOptions=options,
+                servers=servers,
+                healthCheck=health,
+                timeouts=timeouts,
+            )
+        )
+    poolNames = [p.name for p in pools]
+    listenersTable = top.sub("listeners")
+    if listenersTable is None or not listenersTable.table:
+        raise top.error("listeners", "at least one [listeners.NAME] table is required")
+    listeners = []
+    endpoints: dict[str, str] = {}
+    for name in listenersTable.table:
+        lr = listenersTable.sub(name)
+        assert lr is not None
+        endpoint = _readListenEndpoint(lr, None)
+        layer = lr.string("layer", "L4", choices=LAYERS)
+        pool = lr.string("pool")
+        if pool is None:
+            if len(poolNames) != 1:
+                raise lr.error("pool", f"is required; pools: {', '.join(poolNames)}")
+            pool = poolNames[0]
+        maxConnections = lr.integer("max_connections", low=1)
+        routes = _readRoutes(lr, layer)
+        lr.finish(_LISTENER_KEYS)
+        for where, target in [("pool", pool)] + [
+            (f"routes[{i}].pool", route.pool) for i, route in enumerate(routes, 1)
+        ]:
+            if target not in poolNames:
+                raise lr.error(
+                    where, f"no pool named {target!r}; pools: {', '.join(poolNames)}"
+                )
+        if endpoint in endpoints and not endpoint.split(":")[1].startswith("port=0"):
+            raise lr.error(
+                "port", f"listens where listener {endpoints[endpoint]!r} does: {endpoint}"
+            )
+        endpoints[endpoint] = name
+        listeners.append(
+            ListenerConfig(
+                name=name,
+                endpoint=endpoint,
+                layer=layer,
+                pool=pool,
+                maxConnections=maxConnections,
+                routes=routes,
+            )
+        )
+    return tuple(listeners), tuple(pools)
+
+
+def parseConfig(
+    document: Mapping[str, Any],
+    source: str,
+    overrides: Overrides = Overrides(),
+    registry: Mapping[str, IStrategyFactory] | None = None,
+) -> Config:
+    """
+    Validate a parsed TOML document.
+
+    @param document: the TOML document as a mapping (it is not modified).
+    @param source: names the file in error messages.
+    @param overrides: command-line flags applied on top of the document.
+    @param registry: strategies by normalized name; the installed ones by
+        default.
+    @raise ConfigError: anything is wrong.
+    """
+    doc = _deepCopy(document)
+    if registry is None:
+        try:
+            registry = strategyRegistry()
+        except StrategyLookupError as e:
+            raise ConfigError(source, "", str(e))
+    simple = "load_balancer" in doc or "server" in doc
+    full = "listeners" in doc or "pools" in doc
+    if simple and full:
+        raise ConfigError(
+            source,
+            "",
+            "mixes the simple form ([load_balancer], [[server]]) with the full form "
+            "([listeners.*], [pools.*]); use one",
+        )
+    if full:
+        _applyOverridesFull(doc, overrides, source)
+    else:
+        _applyOverridesSimple(doc, overrides)
+    top = _Reader(source, "", doc)
+    if full:
+        listeners, pools = _readFull(top, registry)
+    else:
+        listeners, pools = _readSimple(top, registry)
+    top.finish(_TOP_KEYS)
+    return Config(source=source, listeners=listeners, pools=pools)
+
+
+def _deepCopy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deepCopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepCopy(v) for v in value]
+    return value
+
+
+def loadConfig(
+    path: str | None,
+    overrides: Overrides = Overrides(),
+    registry: Mapping[str, IStrategyFactory] | None = None,
+    readFile: Callable[[str], bytes] | None = None,
+) -> Config:
+    """
+    Read, parse and validate C{path} (or only the overrides when C{None}).
+
+    @raise ConfigError: the file cannot be read, is not TOML, or is invalid.
+    """
+    if path is None:
+        if overrides.backends is None:
+            raise ConfigError(
+                "<command line>", "", "give --config FILE, --backends HOST:PORT,... or --demo"
+            )
+        return parseConfig({}, "<command line>", overrides, registry)
+    try:
+        if readFile is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = readFile(path)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror or e}")
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not UTF-8 text: {e}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}")
+    return parseConfig(document, path, overrides, registry)
+
+
+def parseBackends(value: str, what: str = "--backends") -> tuple[tuple[str, int], ...]:
+    """
+    Parse C{host:port,host:port} (IPv6 as C{[::1]:80}).
+
+    @raise ValueError: with a message naming the bad entry.
+    """
+    result = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, portText = item.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{what}: expected HOST:PORT, got {item!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            port = int(portText)
+        except ValueError:
+            raise ValueError(f"{what}: port must be a number, got {item!r}") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{what}: port must be 1-65535, got {item!r}")
+        result.append((host, port))
+    if not result:
+        raise ValueError(f"{what}: give at least one HOST:PORT")
+    return tuple(result)
