@@ -55,6 +55,9 @@ def strategyRegistry(
         if not (IPlugin.providedBy(factory) and IStrategyFactory.providedBy(factory)):
             continue
         key = normalizeName(factory.name)
+        if registry.get(key) is factory:
+            # One module reached through two entries of twisted.plugins.__path__.
+            continue
         if key in registry:
             raise StrategyLookupError(
                 f"two strategy plugins claim the name {factory.name!r}: "

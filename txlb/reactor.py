@@ -1,0 +1,353 @@
+"""
+txlb's hot path: an epoll reactor and TCP transports that cost less per byte.
+
+Stock Twisted spends most of what separates a relay from HAProxy in two
+places, neither of them Python itself:
+
+  1. B{Buffered writes.}  C{FileDescriptor.write} always appends to a buffer
+     and registers for writability; the bytes leave on the next reactor
+     iteration, then the descriptor unregisters.  That is two C{epoll_ctl}
+     calls and a loop iteration per write even when the kernel could have
+     taken the bytes at once.  Our transports call C{socket.send} directly
+     when nothing is queued, and hand only an unsent rest to Twisted's
+     buffered path, which then registers for writability and pauses the
+     producer exactly as before.
+  2. B{A log context per I/O event.}  C{EPollReactor.doPoll} dispatches each
+     event through C{log.callWithLogger}, a context push and pop.  Our
+     reactor dispatches directly.
+
+Select it with C{twistd -r txlb}, C{twist --reactor=txlb} or
+C{trial --reactor=txlb}, or call L{install} before anything imports
+C{twisted.internet.reactor}.  C{listenTCP} and C{connectTCP} (and so every
+TCP endpoint, C{serverFromString} and C{clientFromString}) and
+C{adoptStreamPort}/C{adoptStreamConnection} give the transports below.
+
+One behaviour differs from C{EPollReactor}: legacy C{twisted.python.log}
+messages emitted while handling an I/O event no longer carry the
+connection's C{logPrefix} as their C{system}.  C{twisted.logger} events
+never took it from there.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from twisted.internet import abstract, tcp
+from twisted.logger import Logger
+
+try:
+    from twisted.internet import _newtls
+except ImportError:  # pragma: no cover - no pyOpenSSL: no startTLS at all
+    _newtls = None
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - exercised only off Linux
+    EPollReactor = None
+
+__all__ = ["Client", "Connector", "HotPathReactor", "Port", "Server", "install"]
+
+_log = Logger()
+
+
+def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
+    """
+    Send C{data} on C{transport}'s socket now if nothing is queued before it,
+    and queue whatever the kernel did not take through Twisted's buffered
+    path.
+
+    This never looks at C{transport.TLS}: callers decide whether C{data} is
+    plaintext for the TLS layer or bytes for the wire.
+
+    @param transport: a connected (or not) TCP transport.
+    @param data: the bytes to write.  Anything that is not a non-empty
+        C{bytes} goes to L{abstract.FileDescriptor.write} unchanged, which
+        rejects non-bytes with C{TypeError} and ignores C{b""}.
+    """
+    if (
+        type(data) is bytes
+        and data
+        and transport.connected
+        # A close or half-close is pending: its ordering lives in the
+        # buffered path (doWrite flushes, then closes), so keep out of it.
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        # Nothing queued: sending now cannot overtake earlier bytes.
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EWOULDBLOCK/EAGAIN and ENOBUFS mean "buffer it".  Any other
+            # error means the connection is broken: buffering it all the same
+            # lets doWrite meet the error again on the next iteration and
+            # report the loss through the reactor, as stock Twisted does; a
+            # write() never raises.
+            sent = 0
+        if sent == len(data):
+            return
+        # The rest is at most what one write carried; relay writes are at
+        # most one recv (bufferSize), so this copy stays small.
+        data = data[sent:]
+    abstract.FileDescriptor.write(transport, data)
+
+
+def _sendSequenceOrBuffer(transport: tcp.Connection, iovec: Iterable[bytes]) -> None:
+    """
+    Like L{_sendOrBuffer}, for a sequence of chunks sent as one.
+
+    @param transport: a connected (or not) TCP transport.
+    @param iovec: a sequence of C{bytes}.  If any element is not C{bytes} the
+        whole sequence goes to L{abstract.FileDescriptor.writeSequence},
+        which raises C{TypeError} as Twisted always has.
+    """
+    for chunk in iovec:
+        if type(chunk) is not bytes:
+            abstract.FileDescriptor.writeSequence(transport, iovec)
+            return
+    _sendOrBuffer(transport, b"".join(iovec))
+
+
+class _ImmediateWriteMixin:
+    """
+    Immediate-send C{write}/C{writeSequence} for L{tcp.Connection}
+    subclasses, honouring C{startTLS}.
+
+    Once C{startTLS} has run, C{TLS} is true and C{protocol} is a
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}: application bytes must go
+    to it to be encrypted, so they take the inherited path.  The ciphertext
+    that layer produces comes back through L{_TLSBypass}, which sends it
+    immediately too.
+    """
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} now if possible, otherwise buffer it.
+
+        @param data: the bytes to write.
+        """
+        if self.TLS:
+            super().write(data)
+        else:
+            _sendOrBuffer(self, data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """
+        Send the chunks of C{iovec} now if possible, otherwise buffer them.
+
+        @param iovec: a sequence of C{bytes}.
+        """
+        if self.TLS:
+            super().writeSequence(iovec)
+        else:
+            _sendSequenceOrBuffer(self, iovec)
+
+    if _newtls is not None:
+
+        def startTLS(self, ctx, normal: bool = True) -> None:
+            """
+            Start TLS on this connection, as L{tcp.Connection.startTLS} does,
+            but with L{_TLSBypass} as the raw layer under the TLS protocol.
+
+            @param ctx: the TLS context factory.
+            @param normal: C{True} if the TLS client is this connection's TCP
+                client.
+            """
+            _newtls.startTLS(self, ctx, normal, _TLSBypass)
+
+
+class _TLSBypass(abstract.FileDescriptor):
+    """
+    The raw layer under C{startTLS}.
+
+    L{twisted.internet._newtls.startTLS} hands the TLS protocol a
+    C{_BypassTLS} whose methods call this class's unbound methods with the
+    connection as C{self}, to reach the socket without passing through the
+    TLS layer again.  Stock Twisted passes L{abstract.FileDescriptor}; this
+    subclass only makes the ciphertext writes immediate as well.
+    """
+
+    def write(self, data: bytes) -> None:
+        """
+        Send ciphertext now if possible, otherwise buffer it.
+
+        @param data: bytes for the wire.
+        """
+        _sendOrBuffer(self, data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """
+        Send chunks of ciphertext now if possible, otherwise buffer them.
+
+        @param iovec: a sequence of C{bytes} for the wire.
+        """
+        _sendSequenceOrBuffer(self, iovec)
+
+
+class Server(_ImmediateWriteMixin, tcp.Server):
+    """
+    A server-side TCP transport whose writes go out immediately when they
+    can.
+    """
+
+
+class Client(_ImmediateWriteMixin, tcp.Client):
+    """
+    A client-side TCP transport whose writes go out immediately when they
+    can.
+    """
+
+
+class Port(tcp.Port):
+    """
+    A TCP listening port whose accepted connections are L{Server}s.
+    """
+
+    transport = Server
+
+
+class Connector(tcp.Connector):
+    """
+    A TCP connector whose connections are L{Client}s.
+    """
+
+    def _makeTransport(self) -> Client:
+        """
+        @return: a new L{Client} for this connection attempt.
+        """
+        return Client(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+if EPollReactor is not None:
+
+    class HotPathReactor(EPollReactor):
+        """
+        An C{EPollReactor} that dispatches I/O events without a log context
+        and makes TCP connections with L{Port}, L{Connector}, L{Server} and
+        L{Client}.
+        """
+
+        _log = Logger()
+
+        def doPoll(self, timeout: float | None) -> None:
+            """
+            Wait for I/O events for at most C{timeout} seconds and dispatch
+            them.
+
+            C{EPollReactor} wraps each dispatch in C{log.callWithLogger}.  Here
+            C{_doReadOrWrite} (C{twisted.internet.posixbase._PollLikeMixin},
+            Twisted 26.10) is called directly: it already catches any
+            exception from C{doRead}/C{doWrite}, logs it with C{log.err()} and
+            disconnects the selectable.  What can still escape it is an
+            exception from C{connectionLost} during that disconnect, which
+            C{callWithLogger} used to log; the C{try} below does the same per
+            event (it costs nothing when nothing is raised) so one broken
+            protocol cannot cut short the rest of the batch.
+
+            @param timeout: seconds to wait, or C{None} to wait until an
+                event arrives.
+            """
+            if timeout is None:
+                timeout = -1
+            try:
+                events = self._poller.poll(timeout, len(self._selectables))
+            except InterruptedError:
+                return
+            selectables = self._selectables
+            dispatch = self._doReadOrWrite
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    dispatch(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    self._log.failure(
+                        "Unhandled error handling I/O on {selectable!r}",
+                        selectable=selectable,
+                    )
+
+        doIteration = doPoll
+
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            """
+            Listen on a TCP port; accepted connections are L{Server}s.
+
+            @see: L{twisted.internet.interfaces.IReactorTCP.listenTCP}
+            """
+            p = Port(port, factory, backlog, interface, self)
+            p.startListening()
+            return p
+
+        def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
+            """
+            Connect to a TCP server; the connection is a L{Client}.
+
+            @see: L{twisted.internet.interfaces.IReactorTCP.connectTCP}
+            """
+            c = Connector(host, port, factory, timeout, bindAddress, self)
+            c.connect()
+            return c
+
+        def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
+            """
+            Listen on an already-listening socket (systemd activation,
+            C{SO_REUSEPORT} workers); TCP connections are L{Server}s.
+
+            @see: L{twisted.internet.interfaces.IReactorSocket.adoptStreamPort}
+            """
+            if addressFamily not in _TCP_FAMILIES:
+                return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+            p = Port._fromListeningDescriptor(
+                self, fileDescriptor, addressFamily, factory
+            )
+            p.startListening()
+            return p
+
+        def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+            """
+            Take over an already-connected socket; a TCP one becomes a
+            L{Server}.
+
+            @see:
+                L{twisted.internet.interfaces.IReactorSocket.adoptStreamConnection}
+            """
+            if addressFamily not in _TCP_FAMILIES:
+                return super().adoptStreamConnection(
+                    fileDescriptor, addressFamily, factory
+                )
+            return Server._fromConnectedSocket(
+                fileDescriptor, addressFamily, factory, self
+            )
+
+
+def install() -> None:
+    """
+    Install L{HotPathReactor} as C{twisted.internet.reactor}.
+
+    Where epoll is unavailable (not Linux), install the platform's default
+    reactor instead and log a warning saying so.
+
+    @raise twisted.internet.error.ReactorAlreadyInstalledError: a reactor is
+        already installed.
+    """
+    from twisted.internet.main import installReactor
+
+    if EPollReactor is None:
+        from twisted.internet import default
+
+        default.install()
+        _log.warn(
+            "txlb reactor needs epoll, unavailable here: "
+            "using the platform default reactor instead"
+        )
+        return
+    installReactor(HotPathReactor())

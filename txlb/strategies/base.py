@@ -1,0 +1,238 @@
+"""
+What the built-in strategies share: their factory, option checking, hashing.
+
+Each built-in strategy module defines one L{StrategyFactory} instance; the
+plugin module C{twisted/plugins/txlb_strategies.py} re-exports them, so the
+built-ins are discovered exactly as a third party's strategy is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txlb.interfaces import IBackend, IStrategy, IStrategyFactory
+
+_MASK64 = (1 << 64) - 1
+
+
+@attrs.frozen
+class Option:
+    """
+    One entry a strategy accepts in its C{algorithm_options} table.
+
+    @ivar name: the snake_case key in lb.toml.
+    @ivar argument: the keyword argument of the strategy's constructor that
+        receives the checked value.
+    @ivar default: the value used when the key is absent.
+    @ivar check: takes the configured value and returns the value to use;
+        raises C{ValueError} with a reason (completing "must be ...") when
+        the value is unacceptable.
+    """
+
+    name: str
+    argument: str
+    default: Any
+    check: Callable[[Any], Any]
+
+
+@implementer(IPlugin, IStrategyFactory)
+@attrs.frozen
+class StrategyFactory:
+    """
+    A named, stateless L{IStrategyFactory} for the built-in strategies.
+
+    @ivar name: the algorithm name used in lb.toml.
+    @ivar description: one line for --help and the docs.
+    @ivar strategyType: called with the checked options as keyword
+        arguments, returns a new L{IStrategy}.
+    @ivar options: the options the strategy accepts.
+    """
+
+    name: str
+    description: str
+    strategyType: Callable[..., IStrategy]
+    options: Sequence[Option] = ()
+
+    def build(self, options: Mapping[str, Any]) -> IStrategy:
+        """
+        Check C{options} and make a strategy for one pool.
+
+        @param options: the pool's C{algorithm_options} table.
+        @return: a new strategy.
+        @raise ValueError: an option is unknown or has a bad value; the
+            message names the option (and, when unknown, the known ones).
+        """
+        return self.strategyType(**checkOptions(self.name, self.options, options))
+
+
+def checkOptions(
+    algorithm: str, accepted: Sequence[Option], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """
+    Check a C{algorithm_options} table against what a strategy accepts.
+
+    @param algorithm: the strategy's name, for messages.
+    @param accepted: the options the strategy accepts.
+    @param options: the configured table.
+    @return: keyword arguments for the strategy's constructor, defaults
+        filled in.
+    @raise ValueError: C{options} is not a mapping, has a key not in
+        C{accepted}, or a value its option's check rejects.
+    """
+    if not isinstance(options, Mapping):
+        raise ValueError(
+            f"{algorithm}: algorithm_options must be a table, "
+            f"not {type(options).__name__}"
+        )
+    byName = {option.name: option for option in accepted}
+    for key in options:
+        if key not in byName:
+            known = ", ".join(sorted(byName)) or "none"
+            raise ValueError(
+                f"{algorithm}: unknown option {key!r}; known options: {known}"
+            )
+    arguments = {}
+    for option in accepted:
+        if option.name in options:
+            value = options[option.name]
+            try:
+                arguments[option.argument] = option.check(value)
+            except ValueError as e:
+                raise ValueError(
+                    f"{algorithm}: option {option.name!r} must be {e}, "
+                    f"not {value!r}"
+                ) from None
+        else:
+            arguments[option.argument] = option.default
+    return arguments
+
+
+def integerAtLeast(minimum: int) -> Callable[[Any], int]:
+    """
+    An option check accepting an integer no smaller than C{minimum}.
+
+    Booleans are rejected even though Python counts them as integers: C{true}
+    in lb.toml is never a count.
+    """
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return check
+
+
+def numberAbove(bound: float) -> Callable[[Any], float]:
+    """
+    An option check accepting an integer or a float strictly above C{bound}.
+    """
+
+    def check(value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value > bound
+        ):
+            raise ValueError(f"a number > {bound}")
+        return float(value)
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    """
+    An option check accepting only C{true} or C{false}.
+    """
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def stableHash(data: bytes, person: bytes = b"") -> int:
+    """
+    A 64-bit hash of C{data} that is the same in every process and release.
+
+    Python's C{hash()} is salted per process, so two txlb instances (or one
+    restarted) would disagree about where a client goes.  BLAKE2b is fast,
+    well mixed (similar IP addresses land far apart) and in the standard
+    library.
+
+    @param person: a personalization string of at most 16 bytes, to derive
+        independent hashes of one input.
+    """
+    return int.from_bytes(
+        hashlib.blake2b(data, digest_size=8, person=person).digest(), "little"
+    )
+
+
+def rehash(value: int) -> int:
+    """
+    The next value in a deterministic 64-bit sequence starting at C{value}.
+
+    A step of Knuth's MMIX linear congruential generator: cheap, stable and
+    full-period, for probing again without hashing the key again.
+    """
+    return (value * 6364136223846793005 + 1442695040888963407) & _MASK64
+
+
+def affinityKey(context: Any, preferHost: bool) -> bytes | None:
+    """
+    The bytes a hashing strategy places a connection by.
+
+    @param context: the L{txlb.interfaces.IChoiceContext}.
+    @param preferHost: use C{clientHost} first and C{hashKey} as the
+        fallback (source-IP hashing); otherwise the other way round.
+    @return: the key, or C{None} when the context has neither.
+    """
+    host = context.clientHost
+    key = context.hashKey
+    if host is not None and (preferHost or key is None):
+        return host.encode("utf-8")
+    return key
+
+
+def isCandidate(
+    candidates: Sequence[IBackend], position: int, backend: IBackend
+) -> bool:
+    """
+    Whether C{backend}, at C{position} in the pool, is among C{candidates}.
+
+    Candidates keep pool order, so while nothing before C{backend} is
+    unusable it sits at the same index in both: checking that first makes the
+    usual case one identity test instead of a scan.
+    """
+    if position < len(candidates) and candidates[position] is backend:
+        return True
+    for candidate in candidates:
+        if candidate is backend:
+            return True
+    return False
+
+
+def weightedPick(candidates: Sequence[IBackend], ticket: int) -> IBackend:
+    """
+    The candidate owning C{ticket} when each holds C{weight} tickets in turn.
+
+    @param ticket: an integer in C{[0, sum of weights)}.
+    """
+    for candidate in candidates:
+        ticket -= candidate.weight
+        if ticket < 0:
+            return candidate
+    return candidates[-1]
+
+
+def totalWeight(candidates: Sequence[IBackend]) -> int:
+    """
+    The sum of the candidates' weights.
+    """
+    total = 0
+    for candidate in candidates:
+        total += candidate.weight
+    return total
