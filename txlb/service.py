@@ -136,10 +136,10 @@ class ListenerService(Service):
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         self._log.info(
-            "listener {name} ({layer}) on {endpoint} -> pool {pool}",
+            "listener {name} ({layer}) listening on {address} -> pool {pool}",
             name=self.listener.name,
             layer=self.listener.layer,
-            endpoint=self.listener.endpoint,
+            address=describeAddress(port.getHost()),
             pool=self.listener.pool,
         )
         return port
@@ -163,6 +163,19 @@ class ListenerService(Service):
         if port is None:
             return None
         return maybeDeferred(port.stopListening)
+
+
+def describeAddress(address: Any) -> str:
+    """
+    C{host:port} (C{[v6]:port}) for an IP address, else its string form.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(getattr(address, "name", address))
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 def describeListenFailure(f: Failure) -> str:

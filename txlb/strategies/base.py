@@ -67,16 +67,18 @@ class StrategyFactory:
         @raise ValueError: an option is unknown or has a bad value; the
             message names the option (and, when unknown, the known ones).
         """
-        return self.strategyType(**checkOptions(self.name, self.options, options))
+        return self.strategyType(**checkOptions(self.options, options))
 
 
 def checkOptions(
-    algorithm: str, accepted: Sequence[Option], options: Mapping[str, Any]
+    accepted: Sequence[Option], options: Mapping[str, Any]
 ) -> dict[str, Any]:
     """
     Check a C{algorithm_options} table against what a strategy accepts.
 
-    @param algorithm: the strategy's name, for messages.
+    Messages do not repeat the algorithm's name: the configuration loader
+    prefixes it, with the file and key.
+
     @param accepted: the options the strategy accepts.
     @param options: the configured table.
     @return: keyword arguments for the strategy's constructor, defaults
@@ -86,7 +88,7 @@ def checkOptions(
     """
     if not isinstance(options, Mapping):
         raise ValueError(
-            f"{algorithm}: algorithm_options must be a table, "
+            "algorithm_options must be a table, "
             f"not {type(options).__name__}"
         )
     byName = {option.name: option for option in accepted}
@@ -94,7 +96,7 @@ def checkOptions(
         if key not in byName:
             known = ", ".join(sorted(byName)) or "none"
             raise ValueError(
-                f"{algorithm}: unknown option {key!r}; known options: {known}"
+                f"unknown option {key!r}; known options: {known}"
             )
     arguments = {}
     for option in accepted:
@@ -104,7 +106,7 @@ def checkOptions(
                 arguments[option.argument] = option.check(value)
             except ValueError as e:
                 raise ValueError(
-                    f"{algorithm}: option {option.name!r} must be {e}, "
+                    f"option {option.name!r} must be {e}, "
                     f"not {value!r}"
                 ) from None
         else:

@@ -1,0 +1,88 @@
+"""
+C{power_of_two}: the less loaded of two random backends.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from zope.interface import implementer
+
+from txlb.interfaces import IBackend, IChoiceContext, IStrategy
+from txlb.strategies.base import (
+    Option,
+    StrategyFactory,
+    boolean,
+    totalWeight,
+    weightedPick,
+)
+
+
+@implementer(IStrategy)
+class PowerOfTwoChoices:
+    """
+    Draw two distinct candidates, keep the one with the lower cost.
+
+    Each draw is weighted (a candidate is drawn with probability proportional
+    to its weight among those not drawn yet), and a candidate's cost is
+    C{(activeConnections + 1) * latency / weight}: the load it would carry,
+    per unit of capacity, times how slowly it has been answering.
+
+    A candidate with no latency yet (C{None}) is taken to be exactly as fast
+    as the one it is compared with, so that pair is compared on load alone;
+    a new backend is therefore neither shunned nor flooded, and its first
+    connections give it a measurement.  On equal cost the first draw wins,
+    so a pool whose load is spread in proportion to weight gets new
+    connections in proportion to weight too.
+
+    Costs are compared by cross-multiplying, connection counts and weights
+    in integers first, so equal loads compare exactly equal.
+
+    @ivar useLatency: when C{False}, latency is ignored and only load per
+        weight is compared.
+    """
+
+    def __init__(self, useLatency: bool = True) -> None:
+        self.useLatency = useLatency
+
+    def choose(
+        self, candidates: Sequence[IBackend], context: IChoiceContext
+    ) -> IBackend:
+        """
+        The cheaper of two weighted random draws.
+        """
+        if len(candidates) == 1:
+            return candidates[0]
+        randrange = context.random.randrange
+        total = totalWeight(candidates)
+        first = weightedPick(candidates, randrange(total))
+        ticket = randrange(total - first.weight)
+        second = first
+        for candidate in candidates:
+            if candidate is first:
+                continue
+            second = candidate
+            ticket -= candidate.weight
+            if ticket < 0:
+                break
+        firstCost = (first.activeConnections + 1) * second.weight
+        secondCost = (second.activeConnections + 1) * first.weight
+        if self.useLatency:
+            firstLatency = first.latency
+            secondLatency = second.latency
+            if firstLatency is not None and secondLatency is not None:
+                return second if secondCost * secondLatency < (
+                    firstCost * firstLatency
+                ) else first
+        return second if secondCost < firstCost else first
+
+
+powerOfTwoFactory = StrategyFactory(
+    name="power_of_two",
+    description=(
+        "The cheaper of two random backends, by in-flight load and latency "
+        "per unit of weight."
+    ),
+    strategyType=PowerOfTwoChoices,
+    options=(Option("use_latency", "useLatency", True, boolean),),
+)

@@ -1,0 +1,44 @@
+"""
+C{random}: a random backend, in proportion to weight.
+
+(This module is not called C{random.py}, which would shadow the standard
+library's module for everything beside it.)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from zope.interface import implementer
+
+from txlb.interfaces import IBackend, IChoiceContext, IStrategy
+from txlb.strategies.base import StrategyFactory, totalWeight, weightedPick
+
+
+@implementer(IStrategy)
+class WeightedRandom:
+    """
+    Pick a candidate at random with probability C{weight / sum(weights)}.
+
+    The only randomness used is the context's C{random}, so a seeded pool
+    makes the same picks every run.
+    """
+
+    def choose(
+        self, candidates: Sequence[IBackend], context: IChoiceContext
+    ) -> IBackend:
+        """
+        A weighted random candidate.
+        """
+        if len(candidates) == 1:
+            return candidates[0]
+        return weightedPick(
+            candidates, context.random.randrange(totalWeight(candidates))
+        )
+
+
+randomFactory = StrategyFactory(
+    name="random",
+    description="A random backend, in proportion to its weight.",
+    strategyType=WeightedRandom,
+)
