@@ -609,6 +609,18 @@ def _readRoutes(r: _Reader, layer: str) -> tuple[RouteConfig, ...]:
 # ------------------------------------------------------------- the two forms
 
 
+def _overrideInterval(table: Any, interval: float) -> None:
+    """
+    Set a health-check table's interval, shortening its timeout to fit.
+    """
+    if not isinstance(table, dict):
+        return
+    table["interval"] = interval
+    timeout = table.get("timeout", attrs.fields(HealthCheckConfig).timeout.default)
+    if isinstance(timeout, (int, float)) and timeout > interval:
+        table["timeout"] = interval
+
+
 def _applyOverridesSimple(doc: dict[str, Any], o: Overrides) -> None:
     lb = doc.setdefault("load_balancer", {})
     if not isinstance(lb, dict):
@@ -624,11 +636,7 @@ def _applyOverridesSimple(doc: dict[str, Any], o: Overrides) -> None:
     if o.backends is not None:
         doc["server"] = [{"address": h, "port": p} for h, p in o.backends]
     if o.healthCheckInterval is not None:
-        hc = doc.setdefault("health_check", {})
-        if isinstance(hc, dict):
-            hc["interval"] = o.healthCheckInterval
-            if "timeout" not in hc:
-                hc["timeout"] = min(HealthCheckConfig.timeout, o.healthCheckInterval)
+        _overrideInterval(doc.setdefault("health_check", {}), o.healthCheckInterval)
 
 
 def _applyOverridesFull(doc: dict[str, Any], o: Overrides, source: str) -> None:
@@ -668,14 +676,12 @@ def _applyOverridesFull(doc: dict[str, Any], o: Overrides, source: str) -> None:
                 if o.backends is not None:
                     pool["servers"] = [{"address": h, "port": p} for h, p in o.backends]
     if o.healthCheckInterval is not None:
-        hc = doc.setdefault("health_check", {})
-        if isinstance(hc, dict):
-            hc["interval"] = o.healthCheckInterval
+        _overrideInterval(doc.setdefault("health_check", {}), o.healthCheckInterval)
         pools = doc.get("pools")
         if isinstance(pools, dict):
             for pool in pools.values():
-                if isinstance(pool, dict) and isinstance(pool.get("health_check"), dict):
-                    pool["health_check"]["interval"] = o.healthCheckInterval
+                if isinstance(pool, dict) and "health_check" in pool:
+                    _overrideInterval(pool["health_check"], o.healthCheckInterval)
 
 
 def _readSimple(

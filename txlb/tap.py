@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from twisted.application.service import IServiceCollection, MultiService
@@ -206,6 +206,23 @@ class Options(usage.Options):
         )
 
 
+def exitWithError(message: str) -> NoReturn:
+    """
+    Print C{txlb: error: MESSAGE} on the process's real standard error and
+    exit with status 1.
+
+    Once twistd has started logging, C{sys.stderr} is redirected into the
+    log; the operator must see this line where the command was typed.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    try:
+        stream.write(f"txlb: error: {message}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    raise SystemExit(1)
+
+
 class CommandLineService(MultiService):
     """
     The service twistd runs: txlb's tree, turning L{StartupError} (such as a
@@ -220,7 +237,7 @@ class CommandLineService(MultiService):
         try:
             MultiService.privilegedStartService(self)
         except StartupError as e:
-            raise SystemExit(f"txlb: error: {e}")
+            exitWithError(str(e))
 
     def startService(self) -> None:
         """
@@ -229,7 +246,7 @@ class CommandLineService(MultiService):
         try:
             MultiService.startService(self)
         except StartupError as e:
-            raise SystemExit(f"txlb: error: {e}")
+            exitWithError(str(e))
 
 
 def buildService(config: Config, reactor: Any, demo: Any = None) -> MultiService:

@@ -15,9 +15,11 @@ from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     connectProtocol,
 )
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from txlb.test import procs
 
@@ -33,6 +35,7 @@ def _reactor() -> Any:
     return reactor
 
 
+@implementer(IHalfCloseableProtocol)
 class NamedBackend(Protocol):
     """
     Says its name on connect, echoes what it gets, and on the client's EOF
@@ -48,6 +51,9 @@ class NamedBackend(Protocol):
     def readConnectionLost(self) -> None:
         self.transport.write(b"bye")
         self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
 
 class NamedBackendFactory(Factory):
@@ -341,7 +347,8 @@ class L4IntegrationTests(TestCase):
         ports = yield self.startBackends([b"a", b"b"])
         config = self.simpleConfig(ports)
         proc, port = yield self.startTxlb(
-            argv=[os.path.join(procs.BIN, "twist"), "txlb", "--config", config]
+            argv=[os.path.join(procs.BIN, "twist"), "--log-format=text", "txlb",
+                  "--config", config]
         )
         names = yield self.namesOf(port, 2)
         self.assertEqual(sorted(names), [b"a", b"b"])

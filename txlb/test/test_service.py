@@ -5,7 +5,9 @@ listening and its failures, the command-line options.
 
 from __future__ import annotations
 
+import io
 import resource
+import sys
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
@@ -118,10 +120,11 @@ class TxlbServiceTests(SynchronousTestCase):
         config = simpleConfig()
         listener = ListenerService(config.listeners[0], object(), reactor)
         listener.startService()
-        self.assertIsNotNone(listener.port)
-        port = listener.port
+        stopped = []
+        listener.port.stopListening = lambda: stopped.append(True)
         self.successResultOf(listener.stopService())
-        self.assertTrue(port.disconnected)
+        self.assertEqual(stopped, [True])
+        self.assertIsNone(listener.port)
 
 
 class DescribeAddressTests(SynchronousTestCase):
@@ -284,8 +287,11 @@ class CommandLineServiceTests(SynchronousTestCase):
         """
         top = buildService(simpleConfig(), RefusingReactor())
         top.getServiceNamed("txlb")._fileLimit = noFileLimit
+        self.patch(sys, "__stderr__", io.StringIO())
         e = self.assertRaises(SystemExit, top.privilegedStartService)
-        self.assertIn("txlb: error: listener default: cannot listen on", str(e.code))
+        self.assertEqual(e.code, 1)
+        self.assertIn("txlb: error: listener default: cannot listen on",
+                      sys.__stderr__.getvalue())
 
     def test_startServiceExits(self):
         """
@@ -295,8 +301,11 @@ class CommandLineServiceTests(SynchronousTestCase):
         top = CommandLineService()
         TxlbService(simpleConfig(), RefusingReactor(), fileLimit=noFileLimit
                     ).setServiceParent(top)
+        self.patch(sys, "__stderr__", io.StringIO())
         e = self.assertRaises(SystemExit, top.startService)
-        self.assertIn("txlb: error: listener default: cannot listen on", str(e.code))
+        self.assertEqual(e.code, 1)
+        self.assertIn("txlb: error: listener default: cannot listen on",
+                      sys.__stderr__.getvalue())
 
 
 class DemoTests(SynchronousTestCase):

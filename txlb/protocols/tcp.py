@@ -1,0 +1,936 @@
+"""
+The layer 4 relay: each client connection is spliced to one backend connection.
+
+A L{TCPRelayFactory} serves one listener.  For every client connection it
+builds a protocol that, in order:
+
+  1. takes a slot from the listener's L{ConnectionLimit}, or closes the
+     connection at once (it is I{shed});
+  2. stops reading from the client, asks the pool to pick a backend and
+     connects to it through an endpoint, under a connect timeout kept by the
+     injected reactor;
+  3. on a failed or timed-out connect, records the failure on that backend
+     and tries another one (each backend at most once per client connection,
+     and always before any byte is forwarded); when none is left, closes the
+     client connection;
+  4. once connected, makes each transport the other's streaming producer, so
+     that a slow reader on either side pauses the writer on the other instead
+     of letting txlb buffer, and starts reading from the client;
+  5. relays bytes and half-closes (a read EOF on one side shuts the write side
+     of the other) until both directions are done, one side goes away, or
+     nothing has moved for the idle timeout.
+
+Every backend connection attempt is counted on its backend with
+L{Backend.acquire} when it starts and L{Backend.release} exactly once when it
+fails or its connection ends, whatever order the events arrive in.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    ISSLTransport,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import (
+    Factory,
+    Protocol,
+    ServerFactory,
+    connectionDone,
+)
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txlb.limits import ConnectionLimit
+from txlb.pool import Backend, Pool
+
+# The most bytes held for one connection while its other side is not there
+# yet.  A transport that honours pauseProducing delivers none; a wrapper (the
+# PROXY protocol parser, TLS) may deliver what it had already read.
+EARLY_DATA_LIMIT = 64 * 1024
+
+# Connect failures that are the network's doing: logged as one line, no
+# traceback.  Anything else is a bug or a bad endpoint and gets a traceback.
+_NETWORK_ERRORS = (
+    error.ConnectError,
+    error.ConnectingCancelledError,
+    error.DNSLookupError,
+    error.ConnectionClosed,
+    CancelledError,
+    OSError,
+)
+
+
+def backendEndpoint(reactor: Any, backend: Backend) -> IStreamClientEndpoint:
+    """
+    Make the endpoint that connects to C{backend}: the default
+    C{endpointForBackend} of L{TCPRelayFactory}.
+
+    @param reactor: the reactor the endpoint uses.
+    @param backend: the L{Backend}; its C{endpoint} is a client endpoint
+        string such as C{"tcp:host=127.0.0.1:port=3000:timeout=5"}.
+    @return: an L{IStreamClientEndpoint}.
+    @raise ValueError: the endpoint string is not valid.
+    """
+    return clientFromString(reactor, backend.endpoint)
+
+
+def _describe(address: IAddress | None) -> str:
+    """
+    Format an address for a log line: C{host:port} when it has both.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    return f"{host}:{port}"
+
+
+def _setNoDelay(transport: ITransport) -> None:
+    """
+    Turn on C{TCP_NODELAY} when C{transport} runs over TCP.
+
+    A relay forwards what it reads at once; Nagle's algorithm would hold
+    small writes back for an ACK.  UNIX sockets have no such option (and
+    Twisted logs an error when asked to set it), hence the address check.
+    """
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None and isinstance(
+        transport.getHost(), (IPv4Address, IPv6Address)
+    ):
+        setNoDelay(True)
+
+
+def _halfClose(transport: Any) -> None:
+    """
+    Shut the write side of C{transport}; close it whole when it cannot.
+
+    Twisted's TLS transport cannot shut one direction (and would pass
+    C{loseWriteConnection} through to the TCP transport below it, cutting
+    the TLS stream short), so a TLS leg is closed whole after its data.
+    """
+    loseWrite = getattr(transport, "loseWriteConnection", None)
+    if loseWrite is None or ISSLTransport.providedBy(transport):
+        transport.loseConnection()
+    else:
+        loseWrite()
+
+
+def _abort(transport: Any) -> None:
+    """
+    Close C{transport} now, dropping whatever it has buffered.
+    """
+    abort = getattr(transport, "abortConnection", None)
+    if abort is None:
+        transport.loseConnection()
+    else:
+        abort()
+
+
+def _timedOut(result: object, timeout: float) -> object:
+    """
+    Turn the outcome of a connect attempt cancelled by its timeout into an
+    L{error.TimeoutError}, whatever failure the endpoint's canceller gave.
+    """
+    if isinstance(result, Failure):
+        raise error.TimeoutError(string=f"no connection within {timeout} seconds")
+    return result
+
+
+class _State(enum.Enum):
+    """
+    Where one relayed client connection is.
+
+    @cvar new: built, not yet connected.
+    @cvar shed: refused over the listener limit; never held a slot.
+    @cvar connecting: the client is paused; a backend attempt is in flight.
+    @cvar relaying: both legs are up and bytes flow.
+    @cvar closing: a leg is gone or being closed; waiting for the rest.
+    @cvar closed: both legs are gone and the slot is released.
+    """
+
+    new = "new"
+    shed = "shed"
+    connecting = "connecting"
+    relaying = "relaying"
+    closing = "closing"
+    closed = "closed"
+
+
+class _AttemptState(enum.Enum):
+    """
+    Where one backend connection attempt is.
+
+    @cvar connecting: the endpoint has not reported yet.
+    @cvar connected: its connection was taken on by the relay.
+    @cvar ended: it failed, or its connection was lost; it was released.
+    """
+
+    connecting = "connecting"
+    connected = "connected"
+    ended = "ended"
+
+
+class _Attempt:
+    """
+    One connection attempt to one backend for one client connection.  It
+    owns the backend's C{acquire}/C{release} pair: acquired when made,
+    released when it ends.
+
+    @ivar backend: the L{Backend} being connected to.
+    @ivar started: C{reactor.seconds()} when the attempt started.
+    @ivar state: an L{_AttemptState}.
+    @ivar deferred: the endpoint's L{Deferred}, under the connect timeout.
+    @ivar protocol: the L{_BackendProtocol} taken on by the relay, or C{None}.
+    @ivar built: every L{_BackendProtocol} the endpoint built for it.
+    """
+
+    def __init__(self, backend: Backend, started: float) -> None:
+        self.backend = backend
+        self.started = started
+        self.state = _AttemptState.connecting
+        self.deferred: Deferred[Any] | None = None
+        self.protocol: _BackendProtocol | None = None
+        self.built: list[_BackendProtocol] = []
+        backend.acquire()
+
+    def adopt(self, protocol: _BackendProtocol) -> None:
+        """
+        The endpoint reported C{protocol} connected, and the relay takes it.
+        """
+        self.state = _AttemptState.connected
+        self.protocol = protocol
+
+    def end(self) -> None:
+        """
+        The attempt failed or its connection ended: release the backend, and
+        abort any other connection the endpoint made for it.
+
+        @raise RuntimeError: it had already ended.
+        """
+        if self.state is _AttemptState.ended:
+            raise RuntimeError(f"attempt to {self.backend.name} ended twice")
+        self.state = _AttemptState.ended
+        self.backend.release()
+        for stray in self.built:
+            if stray is not self.protocol and stray.connected and stray.lost is None:
+                _abort(stray.transport)
+
+
+class _BackendFactory(Factory):
+    """
+    Builds the backend-side protocol of one attempt for its endpoint.
+    """
+
+    noisy = False
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self._attempt = attempt
+
+    def buildProtocol(self, addr: IAddress) -> _BackendProtocol:
+        """
+        Build a L{_BackendProtocol} for the attempt.
+        """
+        protocol = _BackendProtocol(self._attempt)
+        protocol.factory = self
+        self._attempt.built.append(protocol)
+        return protocol
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendProtocol(Protocol):
+    """
+    The backend leg of a relayed connection.
+
+    Until the relay takes it on (when the endpoint's L{Deferred} fires) it
+    holds what arrives, so that nothing reaches the client from a connection
+    the relay may still give up; after that it hands every event to the
+    relay.
+
+    @ivar lost: the reason its connection was lost before the relay took it
+        on, else C{None}.
+    @ivar readDone: the backend sent EOF before the relay took it on.
+    """
+
+    _log = Logger()
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self._attempt = attempt
+        self._relay: _ClientProtocol | None = None
+        self._pending: list[bytes] = []
+        self._pendingLength = 0
+        self.readDone = False
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        """
+        Abort a connection made after its attempt was given up (by an
+        endpoint that could not cancel): nobody wants it.
+        """
+        if self._attempt.state is _AttemptState.ended:
+            _abort(self.transport)
+
+    def attach(self, relay: _ClientProtocol) -> None:
+        """
+        Hand this leg to C{relay}, with what arrived before.
+        """
+        self._relay = relay
+        pending, self._pending = self._pending, []
+        self._pendingLength = 0
+        for data in pending:
+            relay._fromBackend(data)
+        if self.readDone:
+            relay._backendEOF()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Pass backend bytes to the relay, or hold them until it is there.
+        """
+        relay = self._relay
+        if relay is not None:
+            relay._fromBackend(data)
+            return
+        self._pending.append(data)
+        self._pendingLength += len(data)
+        if self._pendingLength > EARLY_DATA_LIMIT:
+            self._log.warn(
+                "backend {backend} sent {count} bytes before its connection "
+                "was reported; closing it",
+                backend=self._attempt.backend.name,
+                count=self._pendingLength,
+            )
+            _abort(self.transport)
+
+    def readConnectionLost(self) -> None:
+        """
+        The backend will send no more: tell the relay, or remember it.
+        """
+        relay = self._relay
+        if relay is not None:
+            relay._backendEOF()
+        else:
+            self.readDone = True
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our write side to the backend is shut; nothing more to do.
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Tell the relay this leg is gone, or remember it.
+        """
+        relay = self._relay
+        if relay is not None:
+            self._relay = None
+            relay._backendLost(self._attempt, reason)
+        else:
+            self.lost = reason
+
+
+@implementer(IHalfCloseableProtocol)
+class _ClientProtocol(Protocol):
+    """
+    The client leg of a relayed connection, and the state of the whole.
+
+    @ivar factory: the L{TCPRelayFactory}.
+    @ivar bytesIn: bytes relayed from this client to its backend.
+    @ivar bytesOut: bytes relayed from the backend to this client.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory: TCPRelayFactory) -> None:
+        self.factory = factory
+        self._state = _State.new
+        self._tried: list[Backend] = []
+        self._attempt: _Attempt | None = None
+        self._backendTransport: Any = None
+        self._early: list[bytes] = []
+        self._earlyLength = 0
+        self._clientGone = False
+        self._clientReadDone = False
+        self._backendReadDone = False
+        # Which producer registrations are in place, so that each is undone
+        # exactly once.
+        self._clientFeedsBackend = False
+        self._backendFeedsClient = False
+        self._idleCall: Any = None
+        self._lastActivity = 0.0
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    # Client events
+
+    def connectionMade(self) -> None:
+        """
+        Admit or shed the connection; when admitted, stop reading from the
+        client and start connecting to a backend.
+        """
+        factory = self.factory
+        if not factory._limit.acquire():
+            self._state = _State.shed
+            self._log.debug(
+                "listener {listener}: shed {client}: {limit} connections open",
+                listener=factory.listenerName,
+                client=_describe(self.transport.getPeer()),
+                limit=factory.maxConnections,
+            )
+            _abort(self.transport)
+            return
+        factory._relays.add(self)
+        self._state = _State.connecting
+        # Read nothing from the client until there is somewhere to send it.
+        self.transport.pauseProducing()
+        _setNoDelay(self.transport)
+        self._connectNext()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Relay client bytes to the backend (or hold them while connecting).
+        """
+        state = self._state
+        if state is _State.relaying:
+            self._backendTransport.write(data)
+            count = len(data)
+            self.bytesIn += count
+            factory = self.factory
+            factory.bytesIn += count
+            if self._idleCall is not None:
+                self._lastActivity = factory.reactor.seconds()
+        elif state is _State.connecting:
+            self._hold(data)
+        # Otherwise the relay is closing: the bytes have nowhere to go.
+
+    def readConnectionLost(self) -> None:
+        """
+        The client will send no more: shut the backend's write side.
+        """
+        if self._clientReadDone:
+            return
+        self._clientReadDone = True
+        if self._state is _State.relaying:
+            self._propagateClientEOF()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our write side to the client is shut; nothing more to do.
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The client is gone: give up the connect attempt, or close the
+        backend leg after what it has buffered.
+        """
+        if self._state is _State.shed:
+            return
+        self._clientGone = True
+        self._state = _State.closing
+        self._logClosed(reason)
+        attempt = self._attempt
+        if attempt is not None:
+            if attempt.state is _AttemptState.connecting:
+                attempt.deferred.cancel()
+            else:
+                self._unwire()
+                self._backendTransport.loseConnection()
+        self._maybeFinished()
+
+    # Connecting
+
+    def _connectNext(self) -> None:
+        """
+        Pick a backend not tried yet and connect to it, or give up.
+        """
+        factory = self.factory
+        try:
+            backend = factory.pool.pick(
+                clientAddress=self.transport.getPeer(), exclude=self._tried
+            )
+        except Exception:
+            self._log.failure(
+                "listener {listener}: pool {pool} failed to pick a backend",
+                level=LogLevel.error,
+                listener=factory.listenerName,
+                pool=factory.pool.name,
+            )
+            backend = None
+        if backend is None:
+            self._noBackend()
+            return
+        self._tried.append(backend)
+        attempt = _Attempt(backend, factory.reactor.seconds())
+        self._attempt = attempt
+        d = maybeDeferred(
+            lambda: factory.endpointForBackend(factory.reactor, backend).connect(
+                _BackendFactory(attempt)
+            )
+        )
+        attempt.deferred = d
+        d.addTimeout(factory.connectTimeout, factory.reactor, _timedOut)
+        # These may run at once, when the endpoint has already answered.
+        d.addCallbacks(
+            self._connected,
+            self._connectFailed,
+            callbackArgs=(attempt,),
+            errbackArgs=(attempt,),
+        )
+
+    def _connected(self, protocol: _BackendProtocol, attempt: _Attempt) -> None:
+        """
+        The endpoint connected C{protocol}: wire it to the client.
+        """
+        if protocol.lost is not None:
+            # Made and lost again before the endpoint reported it.
+            self._connectFailed(protocol.lost, attempt)
+            return
+        attempt.adopt(protocol)
+        if self._state is not _State.connecting:
+            # Only an endpoint whose canceller connects anyway gets here,
+            # after the client has gone: close what it made.
+            protocol.attach(self)
+            protocol.transport.loseConnection()
+            return
+        factory = self.factory
+        backend = attempt.backend
+        elapsed = factory.reactor.seconds() - attempt.started
+        factory.pool.observeLatency(backend, elapsed)
+        self._log.debug(
+            "listener {listener}: {client} connected to backend {backend} "
+            "in {elapsed:.3f}s",
+            listener=factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            backend=backend.name,
+            elapsed=elapsed,
+        )
+        self._state = _State.relaying
+        client = self.transport
+        backendTransport = protocol.transport
+        self._backendTransport = backendTransport
+        _setNoDelay(backendTransport)
+        # Wire the two transports together as each other's streaming
+        # producer: a side that cannot write fast enough pauses reading on
+        # the other, so neither direction is buffered without bound here.
+        backendTransport.registerProducer(client, True)
+        self._clientFeedsBackend = True
+        client.registerProducer(backendTransport, True)
+        self._backendFeedsClient = True
+        if self._early:
+            early = b"".join(self._early)
+            self._early = []
+            self._earlyLength = 0
+            self.dataReceived(early)
+        self._startIdleTimer()
+        protocol.attach(self)
+        if self._state is not _State.relaying:
+            return
+        if self._clientReadDone:
+            # The client sent EOF while it was meant to be paused.
+            self._propagateClientEOF()
+        else:
+            client.resumeProducing()
+
+    def _connectFailed(self, reason: Failure, attempt: _Attempt) -> None:
+        """
+        The attempt failed, timed out or was given up: release it, and try
+        another backend unless the client is going.
+        """
+        attempt.end()
+        self._attempt = None
+        if self._state is not _State.connecting:
+            self._maybeFinished()
+            return
+        factory = self.factory
+        backend = attempt.backend
+        message = reason.getErrorMessage()
+        backend.recordFailure(message)
+        factory.connectFailures[backend.name] = (
+            factory.connectFailures.get(backend.name, 0) + 1
+        )
+        fields = dict(
+            listener=factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            backend=backend.name,
+            reason=message,
+        )
+        if reason.check(*_NETWORK_ERRORS):
+            self._log.warn(
+                "listener {listener}: connect to backend {backend} for {client} "
+                "failed: {reason}",
+                **fields,
+            )
+        else:
+            self._log.failure(
+                "listener {listener}: connect to backend {backend} for {client} "
+                "failed: {reason}",
+                reason,
+                LogLevel.error,
+                **fields,
+            )
+        self._connectNext()
+
+    def _noBackend(self) -> None:
+        """
+        No backend is left to try: close the client connection.
+        """
+        factory = self.factory
+        factory.noBackend += 1
+        self._log.warn(
+            "listener {listener}: no usable backend for {client} (tried: {tried})",
+            listener=factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            tried=", ".join(b.name for b in self._tried) or "none",
+        )
+        self._state = _State.closing
+        self.transport.loseConnection()
+
+    def _hold(self, data: bytes) -> None:
+        """
+        Keep bytes a client sent before its backend is connected.
+        """
+        self._early.append(data)
+        self._earlyLength += len(data)
+        if self._earlyLength > EARLY_DATA_LIMIT:
+            self._log.warn(
+                "listener {listener}: {client} sent {count} bytes before a "
+                "backend was connected; closing it",
+                listener=self.factory.listenerName,
+                client=_describe(self.transport.getPeer()),
+                count=self._earlyLength,
+            )
+            self._abort()
+
+    # Relaying
+
+    def _fromBackend(self, data: bytes) -> None:
+        """
+        Relay backend bytes to the client.
+        """
+        if self._state is not _State.relaying:
+            return
+        self.transport.write(data)
+        count = len(data)
+        self.bytesOut += count
+        factory = self.factory
+        factory.bytesOut += count
+        if self._idleCall is not None:
+            self._lastActivity = factory.reactor.seconds()
+
+    def _propagateClientEOF(self) -> None:
+        """
+        The client sent EOF while relaying: pass it on to the backend.
+        """
+        if self._clientFeedsBackend:
+            self._clientFeedsBackend = False
+            self._backendTransport.unregisterProducer()
+        if self._backendReadDone:
+            self._closeBoth()
+        else:
+            _halfClose(self._backendTransport)
+
+    def _backendEOF(self) -> None:
+        """
+        The backend will send no more: shut the client's write side.
+        """
+        if self._backendReadDone:
+            return
+        self._backendReadDone = True
+        if self._state is not _State.relaying:
+            return
+        if self._backendFeedsClient:
+            self._backendFeedsClient = False
+            self.transport.unregisterProducer()
+        if self._clientReadDone:
+            self._closeBoth()
+        else:
+            _halfClose(self.transport)
+
+    def _backendLost(self, attempt: _Attempt, reason: Failure) -> None:
+        """
+        The backend leg is gone: release it and close the client leg after
+        what it has buffered.
+        """
+        if not reason.check(error.ConnectionDone):
+            self._log.info(
+                "listener {listener}: backend {backend} connection of {client} "
+                "lost: {reason}",
+                listener=self.factory.listenerName,
+                backend=attempt.backend.name,
+                client=_describe(self.transport.getPeer()),
+                reason=reason.getErrorMessage(),
+            )
+        self._unwire()
+        self._backendTransport = None
+        attempt.end()
+        self._attempt = None
+        if not self._clientGone:
+            self._state = _State.closing
+            self.transport.loseConnection()
+        self._maybeFinished()
+
+    def _unwire(self) -> None:
+        """
+        Undo the producer registrations still in place.
+
+        A transport asked to close while a paused producer is registered
+        waits for that producer forever; so every close unregisters first.
+        """
+        if self._clientFeedsBackend:
+            self._clientFeedsBackend = False
+            self._backendTransport.unregisterProducer()
+        if self._backendFeedsClient:
+            self._backendFeedsClient = False
+            self.transport.unregisterProducer()
+
+    def _closeBoth(self) -> None:
+        """
+        Both directions are done: close both legs after their buffers.
+        """
+        self._state = _State.closing
+        self._unwire()
+        self.transport.loseConnection()
+        self._backendTransport.loseConnection()
+
+    def _abort(self) -> None:
+        """
+        Close everything now, dropping what is buffered.
+        """
+        if self._state in (_State.closed, _State.shed):
+            return
+        self._state = _State.closing
+        attempt = self._attempt
+        if attempt is not None:
+            if attempt.state is _AttemptState.connecting:
+                attempt.deferred.cancel()
+            else:
+                self._unwire()
+                _abort(self._backendTransport)
+        if not self._clientGone:
+            _abort(self.transport)
+
+    # Idle timeout
+
+    def _startIdleTimer(self) -> None:
+        """
+        Start watching for a connection on which nothing moves.
+        """
+        idleTimeout = self.factory.idleTimeout
+        if idleTimeout is None:
+            return
+        reactor = self.factory.reactor
+        self._lastActivity = reactor.seconds()
+        self._idleCall = reactor.callLater(idleTimeout, self._idleCheck)
+
+    def _idleCheck(self) -> None:
+        """
+        Abort the connection if nothing moved for the idle timeout, else
+        look again when it would be.
+
+        The timer is re-armed here rather than reset on every read, which
+        keeps the data path to one clock read per chunk.  An abort, not a
+        graceful close: bytes that could not move for that long would keep
+        a graceful close waiting just as long again.
+        """
+        factory = self.factory
+        idleTimeout = factory.idleTimeout
+        remaining = self._lastActivity + idleTimeout - factory.reactor.seconds()
+        if remaining > 1e-6:
+            self._idleCall = factory.reactor.callLater(remaining, self._idleCheck)
+            return
+        self._idleCall = None
+        factory.idleTimeouts += 1
+        backend = self._attempt.backend.name if self._attempt is not None else None
+        self._log.info(
+            "listener {listener}: {client} (backend {backend}) idle for "
+            "{timeout}s; closing",
+            listener=factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            backend=backend,
+            timeout=idleTimeout,
+        )
+        self._abort()
+
+    # The end
+
+    def _maybeFinished(self) -> None:
+        """
+        When both legs are gone, release the listener slot.
+        """
+        if (
+            self._clientGone
+            and self._attempt is None
+            and self._state is not _State.closed
+        ):
+            self._state = _State.closed
+            if self._idleCall is not None:
+                if self._idleCall.active():
+                    self._idleCall.cancel()
+                self._idleCall = None
+            self.factory._relayFinished(self)
+
+    def _logClosed(self, reason: Failure) -> None:
+        """
+        One line when the client connection ends.
+        """
+        fields = dict(
+            listener=self.factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            bytesIn=self.bytesIn,
+            bytesOut=self.bytesOut,
+            reason=reason.getErrorMessage(),
+        )
+        text = (
+            "listener {listener}: {client} closed ({bytesIn} bytes in, "
+            "{bytesOut} bytes out): {reason}"
+        )
+        if reason.check(error.ConnectionDone):
+            self._log.debug(text, **fields)
+        else:
+            self._log.info(text, **fields)
+
+
+class TCPRelayFactory(ServerFactory):
+    """
+    The factory of one L4 listener: relays each client connection to a
+    backend of one pool.
+
+    @ivar pool: the L{Pool} backends are picked from.
+    @ivar reactor: the reactor used for every timer and connect.
+    @ivar connectTimeout: seconds to wait for a backend connection.
+    @ivar idleTimeout: seconds without a byte either way after which a
+        connection is closed, or C{None} for no limit.
+    @ivar listenerName: the listener's name, for logs and counters.
+    @ivar endpointForBackend: C{(reactor, backend) -> IStreamClientEndpoint}.
+    @ivar noBackend: client connections closed because no backend was
+        usable or every usable one failed to connect.
+    @ivar connectFailures: C{{backend name: count}} of failed or timed out
+        connect attempts.
+    @ivar idleTimeouts: connections closed by the idle timeout.
+    @ivar bytesIn: bytes relayed from clients to backends.
+    @ivar bytesOut: bytes relayed from backends to clients.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        pool: Pool,
+        reactor: Any,
+        *,
+        connectTimeout: float = 5.0,
+        idleTimeout: float | None = None,
+        maxConnections: int | None = None,
+        listenerName: str = "default",
+        endpointForBackend: Callable[
+            [Any, Backend], IStreamClientEndpoint
+        ] = backendEndpoint,
+    ) -> None:
+        """
+        @param pool: the L{Pool} to relay to.
+        @param reactor: provider of L{IReactorTime} and whatever the
+            endpoints need (L{IReactorTCP} for the default one).
+        @param connectTimeout: seconds to wait for a backend connection.
+        @param idleTimeout: seconds without traffic before a connection is
+            closed; C{None} never closes an idle connection.
+        @param maxConnections: client connections held at once by this
+            listener; more are shed.  C{None} is unlimited.
+        @param listenerName: the listener's name in logs.
+        @param endpointForBackend: makes the endpoint for a backend; the
+            default parses C{backend.endpoint} with C{clientFromString}.
+        @raise ValueError: a timeout is not positive, or C{maxConnections}
+            is negative.
+        """
+        if not connectTimeout > 0:
+            raise ValueError(f"connectTimeout must be positive: {connectTimeout!r}")
+        if idleTimeout is not None and not idleTimeout > 0:
+            raise ValueError(f"idleTimeout must be positive: {idleTimeout!r}")
+        self.pool = pool
+        self.reactor = reactor
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.listenerName = listenerName
+        self.endpointForBackend = endpointForBackend
+        self.noBackend = 0
+        self.connectFailures: dict[str, int] = {}
+        self.idleTimeouts = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self._limit = ConnectionLimit(maxConnections)
+        self._relays: set[_ClientProtocol] = set()
+
+    @property
+    def maxConnections(self) -> int | None:
+        """
+        The listener-wide connection limit (C{None}: unlimited); settable at
+        run time.
+        """
+        return self._limit.maximum
+
+    @maxConnections.setter
+    def maxConnections(self, value: int | None) -> None:
+        self._limit.maximum = value
+
+    @property
+    def activeCount(self) -> int:
+        """
+        Client connections admitted and not yet finished (a connection is
+        finished when its client and backend legs are both gone).
+        """
+        return self._limit.active
+
+    @property
+    def accepted(self) -> int:
+        """
+        Client connections ever admitted (shed ones are not counted).
+        """
+        return self._limit.admitted
+
+    @property
+    def shed(self) -> int:
+        """
+        Client connections closed at once because the listener was full.
+        """
+        return self._limit.shed
+
+    def buildProtocol(self, addr: IAddress) -> _ClientProtocol:
+        """
+        Build the protocol for one client connection.
+        """
+        return _ClientProtocol(self)
+
+    def drained(self) -> Deferred[None]:
+        """
+        Wait until every admitted connection has finished.
+
+        For graceful shutdown: stop listening first, then wait on this
+        (perhaps with a deadline, then L{abortAll}).
+
+        @return: a L{Deferred} firing with C{None} when C{activeCount} is 0,
+            at once if it already is.  Cancelling it only stops the wait.
+        """
+        return self._limit.drained()
+
+    def abortAll(self) -> None:
+        """
+        Close every connection of this listener now, dropping buffered
+        bytes, and give up the connect attempts in flight.
+        """
+        for relay in list(self._relays):
+            relay._abort()
+
+    def _relayFinished(self, relay: _ClientProtocol) -> None:
+        """
+        Both legs of C{relay} are gone: free its slot.
+        """
+        self._relays.discard(relay)
+        self._limit.release()
