@@ -8,6 +8,7 @@ L{twisted.plugin.IPlugin} and L{IStrategyFactory}.
 
 from __future__ import annotations
 
+import difflib
 from typing import Iterable, Mapping
 
 from twisted.plugin import IPlugin, getPlugins
@@ -85,9 +86,13 @@ def findStrategy(
     """
     if registry is None:
         registry = strategyRegistry()
+    key = normalizeName(name)
     try:
-        return registry[normalizeName(name)]
+        return registry[key]
     except KeyError:
+        close = difflib.get_close_matches(key, list(registry), n=1)
+        hint = f" (did you mean {registry[close[0]].name!r}?)" if close else ""
         raise StrategyLookupError(
-            f"unknown algorithm {name!r}; installed: {', '.join(knownNames(registry))}"
+            f"unknown algorithm {name!r}{hint}; installed: "
+            f"{', '.join(knownNames(registry))}"
         ) from None

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from errno import ENOBUFS
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 
 try:
@@ -74,18 +76,24 @@ def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
         and not transport.disconnecting
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
+        # After abortConnection nothing may reach the peer any more.
+        and not transport._aborting
         # Nothing queued: sending now cannot overtake earlier bytes.
         and not transport._tempDataBuffer
         and transport.offset == len(transport.dataBuffer)
+        # A pull producer writes again only when doWrite drains the buffer
+        # and calls its resumeProducing: bytes sent here would never get
+        # there, and the transfer would stall.
+        and (transport.producer is None or transport.streamingProducer)
     ):
         try:
             sent = transport.socket.send(data)
-        except OSError:
-            # EWOULDBLOCK/EAGAIN and ENOBUFS mean "buffer it".  Any other
-            # error means the connection is broken: buffering it all the same
-            # lets doWrite meet the error again on the next iteration and
-            # report the loss through the reactor, as stock Twisted does; a
-            # write() never raises.
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            if e.errno != ENOBUFS:
+                _reportLossOnNextEvent(transport)
+                return
             sent = 0
         if sent == len(data):
             return
@@ -93,6 +101,37 @@ def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
         # most one recv (bufferSize), so this copy stays small.
         data = data[sent:]
     abstract.FileDescriptor.write(transport, data)
+
+
+def _connectionLost() -> ConnectionLost:
+    """
+    Stand-in for C{doRead}/C{doWrite} on a connection whose immediate send
+    failed.
+
+    @return: L{main.CONNECTION_LOST}, so the reactor disconnects the
+        transport with L{ConnectionLost}.
+    """
+    return main.CONNECTION_LOST
+
+
+def _reportLossOnNextEvent(transport: tcp.Connection) -> None:
+    """
+    Make the reactor disconnect C{transport} with L{ConnectionLost} on its
+    next event, after C{socket.send} failed with a connection error.
+
+    A write never raises and never disconnects synchronously (the protocol
+    may be in the middle of anything), so the loss is reported from the
+    reactor, as stock Twisted does from C{doWrite}.  It cannot simply be left
+    to the next C{recv} or C{send}: this C{send} has already taken the
+    socket's pending error (C{ECONNRESET}, say), and what follows would read
+    as a clean end of file, C{ConnectionDone}.  C{abortConnection} and
+    C{tcp.Client} replace C{doRead}/C{doWrite} the same way.
+
+    @param transport: the transport whose send failed.
+    """
+    transport.doRead = transport.doWrite = _connectionLost
+    # Reading may be paused; a writer always gets the next event.
+    transport.startWriting()
 
 
 def _sendSequenceOrBuffer(transport: tcp.Connection, iovec: Iterable[bytes]) -> None:
@@ -144,6 +183,30 @@ class _ImmediateWriteMixin:
             super().writeSequence(iovec)
         else:
             _sendSequenceOrBuffer(self, iovec)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """
+        Register a producer; a pull producer is also resumed once the socket
+        is next writable.
+
+        A pull producer is asked for more when the write buffer drains.  Stock
+        Twisted always has a buffer to drain after a write, so a pull producer
+        registered right after a write is resumed once that write is on the
+        wire.  Here that write may have gone out already; asking for
+        writability makes C{doWrite} find the buffer empty and resume the
+        producer on the next iteration, as stock Twisted would have.
+
+        @param producer: an L{IPushProducer} or L{IPullProducer}.
+        @param streaming: C{True} for a push producer.
+        """
+        super().registerProducer(producer, streaming)
+        if (
+            not streaming
+            and not self.TLS
+            and self.connected
+            and self.producer is producer
+        ):
+            self.startWriting()
 
     if _newtls is not None:
 

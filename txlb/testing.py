@@ -281,7 +281,12 @@ class StrategyConformanceMixin(_MixinBase):
         The factory provides L{IPlugin} and L{IStrategyFactory}, with a
         usable name and a one-line description.
         """
-        self.assertTrue(verifyObject(IPlugin, self.factory))
+        for interface in (IPlugin, IStrategyFactory):
+            self.assertTrue(
+                interface.providedBy(self.factory),
+                f"{self.factory!r} does not provide {interface.__name__}, "
+                f"so getPlugins would never find it",
+            )
         self.assertTrue(verifyObject(IStrategyFactory, self.factory))
         self.assertIsInstance(self.factory.name, str)
         self.assertTrue(normalizeName(self.factory.name))
@@ -322,9 +327,7 @@ class StrategyConformanceMixin(_MixinBase):
         """
         options = dict(self.options)
         options["surely_not_an_option"] = 1
-        error = self.assertRaises(
-            ValueError, self.factory.build, options
-        )
+        error = self.assertRaises(ValueError, self.factory.build, options)
         self.assertIn("surely_not_an_option", str(error))
 
     def test_choosesACandidate(self) -> None:
@@ -375,7 +378,12 @@ class StrategyConformanceMixin(_MixinBase):
                 candidates = backends if n % 3 else backends[1:]
                 choices.append(strategy.choose(candidates, next(contexts)).name)
             runs.append(choices)
-        self.assertEqual(runs[0], runs[1])
+        for n, (first, second) in enumerate(zip(*runs, strict=True)):
+            if first != second:
+                self.fail(
+                    f"pick {n} differs between two identically seeded runs: "
+                    f"{first!r}, then {second!r}"
+                )
 
     def test_globalRandomUntouched(self) -> None:
         """
@@ -398,9 +406,7 @@ class StrategyConformanceMixin(_MixinBase):
         contexts = self.contexts()
         for backend in backends:
             for _ in range(10):
-                self.assertIs(
-                    strategy.choose([backend], next(contexts)), backend
-                )
+                self.assertIs(strategy.choose([backend], next(contexts)), backend)
 
     def test_subsetsOfMembership(self) -> None:
         """

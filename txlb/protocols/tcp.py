@@ -382,9 +382,7 @@ class _ClientProtocol(Protocol):
             self._state = _State.shed
             self._log.debug(
                 "listener {listener}: shed {client}: {limit} connections open",
-                listener=factory.listenerName,
-                client=_describe(self.transport.getPeer()),
-                limit=factory.maxConnections,
+                **self._fields(limit=factory.maxConnections),
             )
             _abort(self.transport)
             return
@@ -504,14 +502,19 @@ class _ClientProtocol(Protocol):
         factory = self.factory
         backend = attempt.backend
         elapsed = factory.reactor.seconds() - attempt.started
-        factory.pool.observeLatency(backend, elapsed)
+        try:
+            factory.pool.observeLatency(backend, elapsed)
+        except Exception:
+            # A strategy plugin's bug must not leave the client hanging.
+            self._log.failure(
+                "listener {listener}: pool {pool} failed to record a latency",
+                level=LogLevel.error,
+                **self._fields(pool=factory.pool.name),
+            )
         self._log.debug(
             "listener {listener}: {client} connected to backend {backend} "
             "in {elapsed:.3f}s",
-            listener=factory.listenerName,
-            client=_describe(self.transport.getPeer()),
-            backend=backend.name,
-            elapsed=elapsed,
+            **self._fields(backend=backend.name, elapsed=elapsed),
         )
         self._state = _State.relaying
         client = self.transport
@@ -557,26 +560,15 @@ class _ClientProtocol(Protocol):
         factory.connectFailures[backend.name] = (
             factory.connectFailures.get(backend.name, 0) + 1
         )
-        fields = dict(
-            listener=factory.listenerName,
-            client=_describe(self.transport.getPeer()),
-            backend=backend.name,
-            reason=message,
+        text = (
+            "listener {listener}: connect to backend {backend} for {client} "
+            "failed: {reason}"
         )
+        fields = self._fields(backend=backend.name, reason=message)
         if reason.check(*_NETWORK_ERRORS):
-            self._log.warn(
-                "listener {listener}: connect to backend {backend} for {client} "
-                "failed: {reason}",
-                **fields,
-            )
+            self._log.warn(text, **fields)
         else:
-            self._log.failure(
-                "listener {listener}: connect to backend {backend} for {client} "
-                "failed: {reason}",
-                reason,
-                LogLevel.error,
-                **fields,
-            )
+            self._log.failure(text, reason, LogLevel.error, **fields)
         self._connectNext()
 
     def _noBackend(self) -> None:
@@ -587,9 +579,7 @@ class _ClientProtocol(Protocol):
         factory.noBackend += 1
         self._log.warn(
             "listener {listener}: no usable backend for {client} (tried: {tried})",
-            listener=factory.listenerName,
-            client=_describe(self.transport.getPeer()),
-            tried=", ".join(b.name for b in self._tried) or "none",
+            **self._fields(tried=", ".join(b.name for b in self._tried) or "none"),
         )
         self._state = _State.closing
         self.transport.loseConnection()
@@ -604,9 +594,7 @@ class _ClientProtocol(Protocol):
             self._log.warn(
                 "listener {listener}: {client} sent {count} bytes before a "
                 "backend was connected; closing it",
-                listener=self.factory.listenerName,
-                client=_describe(self.transport.getPeer()),
-                count=self._earlyLength,
+                **self._fields(count=self._earlyLength),
             )
             self._abort()
 
@@ -664,10 +652,9 @@ class _ClientProtocol(Protocol):
             self._log.info(
                 "listener {listener}: backend {backend} connection of {client} "
                 "lost: {reason}",
-                listener=self.factory.listenerName,
-                backend=attempt.backend.name,
-                client=_describe(self.transport.getPeer()),
-                reason=reason.getErrorMessage(),
+                **self._fields(
+                    backend=attempt.backend.name, reason=reason.getErrorMessage()
+                ),
             )
         self._unwire()
         self._backendTransport = None
@@ -753,10 +740,7 @@ class _ClientProtocol(Protocol):
         self._log.info(
             "listener {listener}: {client} (backend {backend}) idle for "
             "{timeout}s; closing",
-            listener=factory.listenerName,
-            client=_describe(self.transport.getPeer()),
-            backend=backend,
-            timeout=idleTimeout,
+            **self._fields(backend=backend, timeout=idleTimeout),
         )
         self._abort()
 
@@ -778,13 +762,21 @@ class _ClientProtocol(Protocol):
                 self._idleCall = None
             self.factory._relayFinished(self)
 
+    def _fields(self, **more: object) -> dict[str, object]:
+        """
+        The fields every log line of this connection has, and C{more}.
+        """
+        return dict(
+            listener=self.factory.listenerName,
+            client=_describe(self.transport.getPeer()),
+            **more,
+        )
+
     def _logClosed(self, reason: Failure) -> None:
         """
         One line when the client connection ends.
         """
-        fields = dict(
-            listener=self.factory.listenerName,
-            client=_describe(self.transport.getPeer()),
+        fields = self._fields(
             bytesIn=self.bytesIn,
             bytesOut=self.bytesOut,
             reason=reason.getErrorMessage(),

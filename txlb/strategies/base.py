@@ -8,6 +8,7 @@ built-ins are discovered exactly as a third party's strategy is.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -88,16 +89,15 @@ def checkOptions(
     """
     if not isinstance(options, Mapping):
         raise ValueError(
-            "algorithm_options must be a table, "
-            f"not {type(options).__name__}"
+            f"algorithm_options must be a table, not {type(options).__name__}"
         )
     byName = {option.name: option for option in accepted}
     for key in options:
         if key not in byName:
             known = ", ".join(sorted(byName)) or "none"
-            raise ValueError(
-                f"unknown option {key!r}; known options: {known}"
-            )
+            close = difflib.get_close_matches(str(key), byName, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown option {key!r}{hint}; known options: {known}")
     arguments = {}
     for option in accepted:
         if option.name in options:
@@ -106,8 +106,7 @@ def checkOptions(
                 arguments[option.argument] = option.check(value)
             except ValueError as e:
                 raise ValueError(
-                    f"option {option.name!r} must be {e}, "
-                    f"not {value!r}"
+                    f"option {option.name!r} must be {e}, not {value!r}"
                 ) from None
         else:
             arguments[option.argument] = option.default
@@ -175,12 +174,16 @@ def stableHash(data: bytes, person: bytes = b"") -> int:
 
 def rehash(value: int) -> int:
     """
-    The next value in a deterministic 64-bit sequence starting at C{value}.
+    The next value in a deterministic, well-mixed 64-bit sequence.
 
-    A step of Knuth's MMIX linear congruential generator: cheap, stable and
-    full-period, for probing again without hashing the key again.
+    One step of SplitMix64: cheap, stable, and (unlike a bare linear
+    congruential step, whose value modulo a small number depends on the
+    previous one's) as good as a new hash for choosing among a few slots.
     """
-    return (value * 6364136223846793005 + 1442695040888963407) & _MASK64
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
 
 
 def affinityKey(context: Any, preferHost: bool) -> bytes | None:
@@ -238,3 +241,23 @@ def totalWeight(candidates: Sequence[IBackend]) -> int:
     for candidate in candidates:
         total += candidate.weight
     return total
+
+
+def walkLimit(backends: Sequence[IBackend], entries: int) -> int:
+    """
+    How far a table-driven strategy walks looking for a usable backend.
+
+    The entries of a Maglev table or a hash ring after any point belong to
+    backends in proportion to weight, so each is usable with probability at
+    least C{min(weight) / sum(weights)} while any backend is.  Walking 32
+    times the inverse of that fails to find a usable one with probability
+    below e**-32; giving up there (and hashing over the candidates instead)
+    bounds the cost of a pick even when the candidates are not the backends
+    the strategy was told about.
+
+    @param entries: the size of the table or ring: never walk further.
+    """
+    if not backends:
+        return 0
+    lightest = min(backend.weight for backend in backends)
+    return min(entries, 32 * -(-totalWeight(backends) // max(lightest, 1)))

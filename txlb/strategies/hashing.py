@@ -27,6 +27,7 @@ from txlb.strategies.base import (
     rehash,
     stableHash,
     totalWeight,
+    walkLimit,
     weightedPick,
 )
 
@@ -162,6 +163,7 @@ class ConsistentHash:
         self._members: tuple[IBackend, ...] = ()
         self._points: list[int] = []
         self._owners: list[int] = []
+        self._walkLimit = 0
 
     def membershipChanged(self, backends: Sequence[IBackend]) -> None:
         """
@@ -169,6 +171,7 @@ class ConsistentHash:
         """
         self._members = tuple(backends)
         self._points, self._owners = _buildRing(backends, self.virtualNodes)
+        self._walkLimit = walkLimit(backends, len(self._points))
 
     def choose(
         self, candidates: Sequence[IBackend], context: IChoiceContext
@@ -196,7 +199,7 @@ class ConsistentHash:
         owners = self._owners
         count = len(points)
         start = bisect.bisect_left(points, value)
-        for step in range(count):
+        for step in range(self._walkLimit):
             index = start + step
             if index >= count:
                 index -= count
@@ -207,8 +210,8 @@ class ConsistentHash:
                     perWeight * backend.weight
                 ):
                     return backend
-        # Only reachable when candidates are not members of the pool this
-        # strategy was told about: hash over the candidates themselves.
+        # Reached (with odds below e**-32) when candidates are not members of
+        # the pool this strategy was told about: hash over the candidates.
         return weightedPick(candidates, value % totalWeight(candidates))
 
 

@@ -76,6 +76,7 @@ class LeastConnections:
         current[best.name] = bestValue - total
         return best
 
+
 leastConnectionsFactory = StrategyFactory(
     name="least_connections",
     description=(

@@ -16,6 +16,7 @@ from txlb.strategies.base import (
     isCandidate,
     stableHash,
     totalWeight,
+    walkLimit,
     weightedPick,
 )
 
@@ -134,6 +135,7 @@ class Maglev:
         self.tableSize = tableSize
         self._members: tuple[IBackend, ...] = ()
         self._table: list[int] = []
+        self._walkLimit = 0
 
     def membershipChanged(self, backends: Sequence[IBackend]) -> None:
         """
@@ -141,6 +143,7 @@ class Maglev:
         """
         self._members = tuple(backends)
         self._table = populate(backends, self.tableSize)
+        self._walkLimit = walkLimit(backends, len(self._table))
 
     def choose(
         self, candidates: Sequence[IBackend], context: IChoiceContext
@@ -158,7 +161,7 @@ class Maglev:
             members = self._members
             size = len(table)
             slot = value % size
-            for _ in range(size):
+            for _ in range(self._walkLimit):
                 position = table[slot]
                 backend = members[position]
                 if isCandidate(candidates, position, backend):
@@ -166,7 +169,8 @@ class Maglev:
                 slot += 1
                 if slot == size:
                     slot = 0
-        # No table yet, or candidates from outside the pool it was told of.
+        # No table yet, or (with odds below e**-32) candidates from outside
+        # the pool it was told of: hash over the candidates.
         return weightedPick(candidates, value % totalWeight(candidates))
 
 

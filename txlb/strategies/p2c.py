@@ -71,9 +71,8 @@ class PowerOfTwoChoices:
             firstLatency = first.latency
             secondLatency = second.latency
             if firstLatency is not None and secondLatency is not None:
-                return second if secondCost * secondLatency < (
-                    firstCost * firstLatency
-                ) else first
+                firstCost *= firstLatency
+                secondCost *= secondLatency
         return second if secondCost < firstCost else first
 
 

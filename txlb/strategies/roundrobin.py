@@ -27,9 +27,11 @@ class RoundRobin:
         self._last: IBackend | None = None
         # Index of _last among the candidates of the last pick.
         self._index = -1
-        # Pool position of _last; after _last leaves the pool, the position
-        # of the nearest backend before it that stayed.
-        self._lastPosition = -1
+        # Once _last has left the pool: the name of the nearest backend
+        # before it that stayed (None for none), valid while _anchorOwner is
+        # _last.
+        self._anchor: str | None = None
+        self._anchorOwner: IBackend | None = None
         self._positions: dict[str, int] = {}
         self._order: tuple[str, ...] = ()
 
@@ -39,16 +41,19 @@ class RoundRobin:
         """
         order = tuple(b.name for b in backends)
         positions = {name: i for i, name in enumerate(order)}
-        if self._last is not None:
-            name = self._last.name
-            if name in positions:
-                self._lastPosition = positions[name]
-            elif name in self._positions:
-                # Continue after the closest surviving predecessor.
-                self._lastPosition = -1
-                for previous in self._order[: self._positions[name]]:
+        last = self._last
+        if last is not None and last.name not in positions:
+            # Continue after the closest surviving predecessor of the last
+            # pick (or of the one found before, if that left too).
+            anchor = self._anchor if self._anchorOwner is last else last.name
+            if anchor is not None and anchor not in positions:
+                old = self._positions.get(anchor, 0)
+                anchor = None
+                for previous in self._order[:old]:
                     if previous in positions:
-                        self._lastPosition = positions[previous]
+                        anchor = previous
+            self._anchor = anchor
+            self._anchorOwner = last
         self._order = order
         self._positions = positions
 
@@ -68,24 +73,30 @@ class RoundRobin:
         chosen = candidates[index]
         self._index = index
         self._last = chosen
-        self._lastPosition = self._positions.get(chosen.name, index)
         return chosen
 
     def _afterLast(self, candidates: Sequence[IBackend]) -> int:
         """
         Where to continue when the candidates changed since the last pick.
         """
-        positions = self._positions
+        last = self._last
+        if last is None:
+            return 0
         for index, candidate in enumerate(candidates):
-            if candidate is self._last:
+            if candidate is last:
                 return (index + 1) % len(candidates)
+        positions = self._positions
+        lastPosition = positions.get(last.name)
+        if lastPosition is None:
+            anchor = self._anchor if self._anchorOwner is last else None
+            lastPosition = -1 if anchor is None else positions.get(anchor, -1)
         for index, candidate in enumerate(candidates):
             position = positions.get(candidate.name)
             if position is None:
                 # Not told about this pool's membership: the candidate now
                 # at the last pick's index is the one that followed it.
                 return self._index if 0 <= self._index < len(candidates) else 0
-            if position > self._lastPosition:
+            if position > lastPosition:
                 return index
         return 0
 

@@ -12,9 +12,7 @@ from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrateg
 from txlb.strategies.base import StrategyFactory
 
 
-def smoothPick(
-    current: dict[str, int], candidates: Sequence[IBackend]
-) -> IBackend:
+def smoothPick(current: dict[str, int], candidates: Sequence[IBackend]) -> IBackend:
     """
     One step of smooth weighted round robin over C{candidates}.
 

@@ -160,6 +160,9 @@ class PendingConnection:
         self.transport: FakeTCPTransport | None = None
 
     def _cancel(self, deferred: Deferred[Any]) -> None:
+        """
+        The canceller: note it, and connect anyway when told to.
+        """
         self.cancelled = True
         if self._onCancel == "connect":
             self.succeed()

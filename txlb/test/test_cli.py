@@ -156,14 +156,12 @@ class CheckTests(SynchronousTestCase):
                     f"{path}: configuration is valid",
                     "listener web: L7 on tcp:port=8080:interface=0.0.0.0:backlog=1024 "
                     "-> pool app (max_connections 5000)",
-                    "  route host api.example.com and path /v1* and header x-canary: 1 "
-                    "-> pool api",
+                    "  route host api.example.com and path /v1* and header x-canary: 1 -> pool api",
                     "  route any -> pool app",
                     "listener local: L4 on unix:/run/txlb.sock -> pool api",
                     "pool app: consistent_hash (key='client_ip', replicas=10), "
                     "2 servers, connect timeout 3s",
-                    "  health check: http every 5s, timeout 2s, rise 2, fall 3, "
-                    "path /healthz",
+                    "  health check: http every 5s, timeout 2s, rise 2, fall 3, path /healthz",
                     "  server 10.0.0.1:80: tcp:host=10.0.0.1:port=80:timeout=3, "
                     "weight 2, max_connections 100",
                     "  server unix:path=/run/app.sock: unix:path=/run/app.sock, weight 1",
@@ -182,8 +180,7 @@ class CheckTests(SynchronousTestCase):
         status 1.
         """
         path = writeConfig(
-            self,
-            SIMPLE + '[[server]]\naddress = "127.0.0.1"\nport = 70000\n',
+            self, SIMPLE + '[[server]]\naddress = "127.0.0.1"\nport = 70000\n'
         )
         self.assertEqual(
             self.runCommand("check", path),
@@ -200,8 +197,7 @@ class CheckTests(SynchronousTestCase):
             (
                 1,
                 [],
-                f"txlb: error: {path}: server[1].wieght: unknown key; did you mean "
-                "'weight'?\n",
+                f"txlb: error: {path}: server[1].wieght: unknown key; did you mean 'weight'?\n",
             ),
         )
 
@@ -299,11 +295,7 @@ class ConsoleScriptTests(SynchronousTestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         return subprocess.run(
-            [script, *argv],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=120,
+            [script, *argv], cwd=directory, capture_output=True, text=True, timeout=120
         )
 
     def test_checkOpensNoSocket(self) -> None:

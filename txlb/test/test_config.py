@@ -156,7 +156,7 @@ def listenTarget(endpoint: str) -> tuple[int, int, str]:
     return port, backlog, interface
 
 
-# The simple form exactly as docs/DESIGN.md shows it.
+# The simple form exactly as DESIGN.md shows it.
 DESIGN_SIMPLE = toml(
     """
     [load_balancer]
@@ -197,7 +197,7 @@ LISTENER = toml(
 )
 
 FULL = toml(
-    r"""
+    """
     [timeouts]
     connect = 3
     idle = 300
@@ -293,11 +293,13 @@ class ConfigTestMixin:
 
     def assertErrorTable(self, rows: Sequence[tuple[str, str]]) -> None:
         """
-        Parsing each C{text} of C{rows} fails with exactly its C{message};
-        every mismatch is reported, not only the first.
+        Parsing each C{text} of C{rows} fails with exactly C{"lb.toml: "}
+        followed by its C{message}; every mismatch is reported, not only the
+        first.
         """
         problems = []
-        for text, message in rows:
+        for text, problem in rows:
+            message = f"lb.toml: {problem}"
             try:
                 parse(text)
             except ConfigError as e:
@@ -580,6 +582,53 @@ class SimpleFormTests(ConfigTestMixin, SynchronousTestCase):
         """
         self.assertEqual(parse(SERVER).listeners[0].name, "default")
 
+    def test_healthCheckDefaults(self) -> None:
+        """
+        An empty C{[health_check]} means a TCP check every 5 s, timeout 2 s,
+        rise 2, fall 3, path /health, no host, statuses 200-399, jitter 0.1.
+        """
+        c = parse("[health_check]\n" + SERVER)
+        self.assertEqual(
+            attrs.astuple(c.pools[0].healthCheck),
+            ("tcp", 5.0, 2.0, 2, 3, "/health", None, (200, 399), 0.1),
+        )
+
+    def test_healthCheckAllKeys(self) -> None:
+        """
+        Every C{[health_check]} key is read.
+        """
+        c = parse(
+            toml(
+                """
+                [health_check]
+                type = "http"
+                interval = 2.5
+                timeout = 0.5
+                rise = 1
+                fall = 100
+                path = "/ready"
+                host = "app.example.com"
+                expected_status = "200-204"
+                jitter = 0
+                """
+            )
+            + SERVER
+        )
+        self.assertEqual(
+            c.pools[0].healthCheck,
+            HealthCheckConfig(
+                type="http",
+                interval=2.5,
+                timeout=0.5,
+                rise=1,
+                fall=100,
+                path="/ready",
+                host="app.example.com",
+                expectedStatus=(200, 204),
+                jitter=0.0,
+            ),
+        )
+
 
 class FullFormTests(ConfigTestMixin, SynchronousTestCase):
     """
@@ -739,53 +788,6 @@ class FullFormTests(ConfigTestMixin, SynchronousTestCase):
             [p.healthCheck for p in c.pools], [HealthCheckConfig(rise=5), None]
         )
 
-    def test_healthCheckDefaults(self) -> None:
-        """
-        An empty C{[health_check]} means a TCP check every 5 s, timeout 2 s,
-        rise 2, fall 3, path /health, no host, statuses 200-399, jitter 0.1.
-        """
-        c = parse("[health_check]\n" + SERVER)
-        self.assertEqual(
-            attrs.astuple(c.pools[0].healthCheck),
-            ("tcp", 5.0, 2.0, 2, 3, "/health", None, (200, 399), 0.1),
-        )
-
-    def test_healthCheckAllKeys(self) -> None:
-        """
-        Every C{[health_check]} key is read.
-        """
-        c = parse(
-            toml(
-                """
-                [health_check]
-                type = "http"
-                interval = 2.5
-                timeout = 0.5
-                rise = 1
-                fall = 100
-                path = "/ready"
-                host = "app.example.com"
-                expected_status = "200-204"
-                jitter = 0
-                """
-            )
-            + SERVER
-        )
-        self.assertEqual(
-            c.pools[0].healthCheck,
-            HealthCheckConfig(
-                type="http",
-                interval=2.5,
-                timeout=0.5,
-                rise=1,
-                fall=100,
-                path="/ready",
-                host="app.example.com",
-                expectedStatus=(200, 204),
-                jitter=0.0,
-            ),
-        )
-
     def test_listenerPoolDefaultsToTheOnlyPool(self) -> None:
         """
         With exactly one pool, a listener may leave out C{pool}.
@@ -870,8 +872,7 @@ class ServerEndpointTests(ConfigTestMixin, SynchronousTestCase):
         The endpoint string of one server at C{address}:C{port}.
         """
         c = parse(
-            f"[timeouts]\nconnect = {connect}\n"
-            f'[[server]]\naddress = "{address}"\nport = {port}\n'
+            f'[timeouts]\nconnect = {connect}\n[[server]]\naddress = "{address}"\nport = {port}\n'
         )
         return c.pools[0].servers[0].endpoint
 
@@ -933,71 +934,71 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[load_balancr]\nport = 80\n" + SERVER,
-                    "lb.toml: load_balancr: unknown key; did you mean 'load_balancer'?",
+                    "load_balancr: unknown key; did you mean 'load_balancer'?",
                 ),
                 (
                     "[timeout]\nconnect = 1\n" + SERVER,
-                    "lb.toml: timeout: unknown key; did you mean 'timeouts'?",
+                    "timeout: unknown key; did you mean 'timeouts'?",
                 ),
                 (
                     POOL + LISTENER + "[helth_check]\n",
-                    "lb.toml: helth_check: unknown key; did you mean 'health_check'?",
+                    "helth_check: unknown key; did you mean 'health_check'?",
                 ),
                 (
                     '[load_balancer]\nalgoritm = "x"\n' + SERVER,
-                    "lb.toml: load_balancer.algoritm: unknown key; did you mean 'algorithm'?",
+                    "load_balancer.algoritm: unknown key; did you mean 'algorithm'?",
                 ),
                 (
                     SERVER + "wieght = 2\n",
-                    "lb.toml: server[1].wieght: unknown key; did you mean 'weight'?",
+                    "server[1].wieght: unknown key; did you mean 'weight'?",
                 ),
                 (
-                    SERVER + SERVER.replace("10.0.0.1", "10.0.0.2") + "max_connection = 2\n",
-                    "lb.toml: server[2].max_connection: unknown key; did you mean "
-                    "'max_connections'?",
+                    SERVER
+                    + SERVER.replace("10.0.0.1", "10.0.0.2")
+                    + "max_connection = 2\n",
+                    "server[2].max_connection: unknown key; did you mean 'max_connections'?",
                 ),
                 (
                     LISTENER + 'layr = "L4"\n' + POOL,
-                    "lb.toml: listeners.web.layr: unknown key; did you mean 'layer'?",
+                    "listeners.web.layr: unknown key; did you mean 'layer'?",
                 ),
                 (
                     LISTENER + 'pools = "app"\n' + POOL,
-                    "lb.toml: listeners.web.pools: unknown key; did you mean 'pool'?",
+                    "listeners.web.pools: unknown key; did you mean 'pool'?",
                 ),
                 (
                     LISTENER + '[pools.app]\nalgoritm = "x"\n' + APP_SERVER,
-                    "lb.toml: pools.app.algoritm: unknown key; did you mean 'algorithm'?",
+                    "pools.app.algoritm: unknown key; did you mean 'algorithm'?",
                 ),
                 (
                     LISTENER + POOL + "adress = 'x'\n",
-                    "lb.toml: pools.app.servers[1].adress: unknown key; did you mean "
-                    "'address'?",
+                    "pools.app.servers[1].adress: unknown key; did you mean 'address'?",
                 ),
                 (
                     "[health_check]\nintervall = 3\n" + SERVER,
-                    "lb.toml: health_check.intervall: unknown key; did you mean 'interval'?",
+                    "health_check.intervall: unknown key; did you mean 'interval'?",
                 ),
                 (
-                    LISTENER + POOL + "[pools.app.health_check]\nexpected_stats = 200\n",
-                    "lb.toml: pools.app.health_check.expected_stats: unknown key; did you "
+                    LISTENER
+                    + POOL
+                    + "[pools.app.health_check]\nexpected_stats = 200\n",
+                    "pools.app.health_check.expected_stats: unknown key; did you "
                     "mean 'expected_status'?",
                 ),
                 (
                     "[timeouts]\nidel = 3\n" + SERVER,
-                    "lb.toml: timeouts.idel: unknown key; did you mean 'idle'?",
+                    "timeouts.idel: unknown key; did you mean 'idle'?",
                 ),
                 (
                     LISTENER + POOL + "[pools.app.timeouts]\nconect = 3\n",
-                    "lb.toml: pools.app.timeouts.conect: unknown key; did you mean "
-                    "'connect'?",
+                    "pools.app.timeouts.conect: unknown key; did you mean 'connect'?",
                 ),
                 (
                     POOL
                     + LISTENER
                     + 'layer = "L7"\n[[listeners.web.routes]]\npool = "app"\n'
                     + 'path_prefx = "/"\n',
-                    "lb.toml: listeners.web.routes[1].path_prefx: unknown key; did you "
-                    "mean 'path_prefix'?",
+                    "listeners.web.routes[1].path_prefx: unknown key; did you mean 'path_prefix'?",
                 ),
             ]
         )
@@ -1010,46 +1011,45 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "bogus = 1\n" + SERVER,
-                    "lb.toml: bogus: unknown key; known keys here: health_check, "
+                    "bogus: unknown key; known keys here: health_check, "
                     "listeners, load_balancer, pools, server, timeouts",
                 ),
                 (
                     "[load_balancer]\nzzz = 1\n" + SERVER,
-                    "lb.toml: load_balancer.zzz: unknown key; known keys here: address, "
+                    "load_balancer.zzz: unknown key; known keys here: address, "
                     "algorithm, algorithm_options, backlog, endpoint, layer, "
                     "max_connections, port",
                 ),
                 (
                     SERVER + "zzz = 1\n",
-                    "lb.toml: server[1].zzz: unknown key; known keys here: address, "
+                    "server[1].zzz: unknown key; known keys here: address, "
                     "endpoint, max_connections, name, port, weight",
                 ),
                 (
                     LISTENER + "zzz = 1\n" + POOL,
-                    "lb.toml: listeners.web.zzz: unknown key; known keys here: address, "
+                    "listeners.web.zzz: unknown key; known keys here: address, "
                     "backlog, endpoint, layer, max_connections, pool, port, routes",
                 ),
                 (
                     LISTENER + "[pools.app]\nzzz = 1\n" + APP_SERVER,
-                    "lb.toml: pools.app.zzz: unknown key; known keys here: algorithm, "
+                    "pools.app.zzz: unknown key; known keys here: algorithm, "
                     "algorithm_options, health_check, servers, timeouts",
                 ),
                 (
                     "[health_check]\nzzz = 1\n" + SERVER,
-                    "lb.toml: health_check.zzz: unknown key; known keys here: "
+                    "health_check.zzz: unknown key; known keys here: "
                     "expected_status, fall, host, interval, jitter, path, rise, timeout, "
                     "type",
                 ),
                 (
                     "[timeouts]\nzzz = 1\n" + SERVER,
-                    "lb.toml: timeouts.zzz: unknown key; known keys here: connect, "
-                    "header, idle, response",
+                    "timeouts.zzz: unknown key; known keys here: connect, header, idle, response",
                 ),
                 (
                     POOL
                     + LISTENER
                     + 'layer = "L7"\n[[listeners.web.routes]]\npool = "app"\nzzz = 1\n',
-                    "lb.toml: listeners.web.routes[1].zzz: unknown key; known keys here: "
+                    "listeners.web.routes[1].zzz: unknown key; known keys here: "
                     "headers, host, path_prefix, pool",
                 ),
             ]
@@ -1064,12 +1064,12 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[admin]\nport = 9000\n" + SERVER,
-                    "lb.toml: admin: unknown key; known keys here: health_check, "
+                    "admin: unknown key; known keys here: health_check, "
                     "listeners, load_balancer, pools, server, timeouts",
                 ),
                 (
                     "[rate_limit]\nrate = 5\n" + SERVER,
-                    "lb.toml: rate_limit: unknown key; known keys here: health_check, "
+                    "rate_limit: unknown key; known keys here: health_check, "
                     "listeners, load_balancer, pools, server, timeouts",
                 ),
             ]
@@ -1084,17 +1084,18 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[load_balancer]\n" + SERVER.replace("[[server]]", "[[servers]]"),
-                    "lb.toml: servers: unknown key; did you mean 'server'?",
+                    "servers: unknown key; did you mean 'server'?",
                 ),
                 (
-                    LISTENER + POOL.replace("[[pools.app.servers]]", "[[pools.app.server]]"),
-                    "lb.toml: pools.app.server: unknown key; did you mean 'servers'?",
+                    LISTENER
+                    + POOL.replace("[[pools.app.servers]]", "[[pools.app.server]]"),
+                    "pools.app.server: unknown key; did you mean 'servers'?",
                 ),
             ]
         )
 
 
-class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
+class BadValueTests(ConfigTestMixin, SynchronousTestCase):
     """
     Every bad value is reported with the file, the key path and the value.
     """
@@ -1106,85 +1107,82 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
         self.assertErrorTable(
             [
                 (
-                    SERVER + SERVER.replace("10.0.0.1", "10.0.0.2").replace("80", "70000"),
-                    "lb.toml: server[2].port: must be 1-65535, got 70000",
+                    SERVER
+                    + SERVER.replace("10.0.0.1", "10.0.0.2").replace("80", "70000"),
+                    "server[2].port: must be 1-65535, got 70000",
                 ),
-                (
-                    SERVER.replace("80", "0"),
-                    "lb.toml: server[1].port: must be 1-65535, got 0",
-                ),
+                (SERVER.replace("80", "0"), "server[1].port: must be 1-65535, got 0"),
                 (
                     SERVER.replace("80", "65536"),
-                    "lb.toml: server[1].port: must be 1-65535, got 65536",
+                    "server[1].port: must be 1-65535, got 65536",
                 ),
                 (
                     SERVER.replace("80", '"80"'),
-                    "lb.toml: server[1].port: must be an integer, got '80'",
+                    "server[1].port: must be an integer, got '80'",
                 ),
                 (
                     SERVER.replace("80", "80.0"),
-                    "lb.toml: server[1].port: must be an integer, got 80.0",
+                    "server[1].port: must be an integer, got 80.0",
                 ),
                 (
                     '[[server]]\naddress = "10.0.0.1"\n',
-                    "lb.toml: server[1].port: is required with address",
+                    "server[1].port: is required with address",
                 ),
                 (
                     "[[server]]\nport = 80\n",
-                    "lb.toml: server[1]: needs address (and port) or endpoint",
+                    "server[1]: needs address (and port) or endpoint",
                 ),
                 (
                     SERVER.replace('"10.0.0.1"', '""'),
-                    "lb.toml: server[1].address: must be a non-empty string, got ''",
+                    "server[1].address: must be a non-empty string, got ''",
                 ),
                 (
                     SERVER.replace('"10.0.0.1"', "10"),
-                    "lb.toml: server[1].address: must be a non-empty string, got 10",
+                    "server[1].address: must be a non-empty string, got 10",
                 ),
                 (
                     SERVER + 'endpoint = "tcp:host=10.0.0.1:port=80"\n',
-                    "lb.toml: server[1].endpoint: give either endpoint or address/port, "
-                    "not both",
+                    "server[1].endpoint: give either endpoint or address/port, not both",
                 ),
                 (
                     '[[server]]\nendpoint = "bogus:x"\n',
-                    "lb.toml: server[1].endpoint: not a valid client endpoint string "
+                    "server[1].endpoint: not a valid client endpoint string "
                     "(Unknown endpoint type: 'bogus'): 'bogus:x'",
                 ),
-                (SERVER + "weight = 0\n", "lb.toml: server[1].weight: must be 1-1000, got 0"),
+                (SERVER + "weight = 0\n", "server[1].weight: must be 1-1000, got 0"),
                 (
                     SERVER + "weight = 1001\n",
-                    "lb.toml: server[1].weight: must be 1-1000, got 1001",
+                    "server[1].weight: must be 1-1000, got 1001",
                 ),
                 (
                     SERVER + "weight = 1.5\n",
-                    "lb.toml: server[1].weight: must be an integer, got 1.5",
+                    "server[1].weight: must be an integer, got 1.5",
                 ),
                 (
                     SERVER + "weight = true\n",
-                    "lb.toml: server[1].weight: must be an integer, got True",
+                    "server[1].weight: must be an integer, got True",
                 ),
                 (
                     SERVER + 'weight = "2"\n',
-                    "lb.toml: server[1].weight: must be an integer, got '2'",
+                    "server[1].weight: must be an integer, got '2'",
                 ),
                 (
                     SERVER + "max_connections = 0\n",
-                    "lb.toml: server[1].max_connections: must be at least 1, got 0",
+                    "server[1].max_connections: must be at least 1, got 0",
                 ),
                 (
                     SERVER + "max_connections = -5\n",
-                    "lb.toml: server[1].max_connections: must be at least 1, got -5",
+                    "server[1].max_connections: must be at least 1, got -5",
                 ),
                 (
                     SERVER + 'name = ""\n',
-                    "lb.toml: server[1].name: must be a non-empty string, got ''",
+                    "server[1].name: must be a non-empty string, got ''",
                 ),
-                ("server = 3\n", "lb.toml: server: must be an array of tables, got an integer"),
-                ("server = [1]\n", "lb.toml: server[1]: must be a table, got an integer"),
+                ("server = 3\n", "server: must be an array of tables, got an integer"),
+                ("server = [1]\n", "server[1]: must be a table, got an integer"),
                 (
                     LISTENER + POOL + "weight = 0\n",
-                    "lb.toml: pools.app.servers[1].weight: must be 1-1000, got 0",
+                    "pools.app.servers[1].weight: must be 1-1000, got 0",
                 ),
             ]
         )
@@ -1197,12 +1195,11 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     SERVER + SERVER,
-                    "lb.toml: server[2]: duplicate server: same name '10.0.0.1:80' as "
-                    "server[1]",
+                    "server[2]: duplicate server: same name '10.0.0.1:80' as server[1]",
                 ),
                 (
                     SERVER + SERVER + 'name = "other"\n',
-                    "lb.toml: server[2]: duplicate server: same endpoint "
+                    "server[2]: duplicate server: same endpoint "
                     "'tcp:host=10.0.0.1:port=80:timeout=5' as server[1]",
                 ),
                 (
@@ -1210,14 +1207,14 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
                     + 'name = "web"\n'
                     + SERVER.replace("10.0.0.1", "10.0.0.2")
                     + 'name = "web"\n',
-                    "lb.toml: server[2]: duplicate server: same name 'web' as server[1]",
+                    "server[2]: duplicate server: same name 'web' as server[1]",
                 ),
                 (
                     LISTENER
                     + "[pools.app]\n"
                     + '[[pools.app.servers]]\nendpoint = "unix:path=/a"\n'
                     + '[[pools.app.servers]]\nendpoint = "unix:path=/a"\nname = "b"\n',
-                    "lb.toml: pools.app.servers[2]: duplicate server: same endpoint "
+                    "pools.app.servers[2]: duplicate server: same endpoint "
                     "'unix:path=/a' as pools.app.servers[1]",
                 ),
             ]
@@ -1232,63 +1229,64 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     lb + "port = 65536\n" + SERVER,
-                    "lb.toml: load_balancer.port: must be 0-65535, got 65536",
+                    "load_balancer.port: must be 0-65535, got 65536",
                 ),
                 (
                     lb + "port = -1\n" + SERVER,
-                    "lb.toml: load_balancer.port: must be 0-65535, got -1",
+                    "load_balancer.port: must be 0-65535, got -1",
                 ),
                 (
                     lb + 'port = "8080"\n' + SERVER,
-                    "lb.toml: load_balancer.port: must be an integer, got '8080'",
+                    "load_balancer.port: must be an integer, got '8080'",
                 ),
                 (
                     lb + 'address = "localhost"\n' + SERVER,
-                    "lb.toml: load_balancer.address: must be an IP address to listen on, "
-                    "got 'localhost'",
+                    "load_balancer.address: must be an IP address to listen on, got 'localhost'",
                 ),
                 (
                     lb + 'layer = "L5"\n' + SERVER,
-                    "lb.toml: load_balancer.layer: must be one of L4, L7, got 'L5'",
+                    "load_balancer.layer: must be one of L4, L7, got 'L5'",
                 ),
                 (
                     lb + 'endpoint = "tcp:80"\nport = 80\n' + SERVER,
-                    "lb.toml: load_balancer.endpoint: give either endpoint or "
-                    "address/port, not both",
+                    "load_balancer.endpoint: give either endpoint or address/port, not both",
                 ),
                 (
                     lb + 'endpoint = "nope:80"\n' + SERVER,
-                    "lb.toml: load_balancer.endpoint: not a valid server endpoint string "
+                    "load_balancer.endpoint: not a valid server endpoint string "
                     "(Unknown endpoint type: 'nope'): 'nope:80'",
                 ),
                 (
                     lb + "backlog = 0\n" + SERVER,
-                    "lb.toml: load_balancer.backlog: must be 1-65535, got 0",
+                    "load_balancer.backlog: must be 1-65535, got 0",
                 ),
                 (
                     lb + "max_connections = 0\n" + SERVER,
-                    "lb.toml: load_balancer.max_connections: must be at least 1, got 0",
+                    "load_balancer.max_connections: must be at least 1, got 0",
                 ),
-                ("load_balancer = 3\n" + SERVER, "lb.toml: load_balancer: must be a table, got an integer"),
+                (
+                    "load_balancer = 3\n" + SERVER,
+                    "load_balancer: must be a table, got an integer",
+                ),
                 (
                     POOL + "[listeners.web]\n",
-                    "lb.toml: listeners.web.port: is required (or give endpoint)",
+                    "listeners.web.port: is required (or give endpoint)",
                 ),
                 (
                     POOL + LISTENER.replace("8080", "65536"),
-                    "lb.toml: listeners.web.port: must be 0-65535, got 65536",
+                    "listeners.web.port: must be 0-65535, got 65536",
                 ),
                 (
                     POOL + LISTENER.replace("8080", '"8080"'),
-                    "lb.toml: listeners.web.port: must be an integer, got '8080'",
+                    "listeners.web.port: must be an integer, got '8080'",
                 ),
                 (
                     POOL + LISTENER + 'layer = "http"\n',
-                    "lb.toml: listeners.web.layer: must be one of L4, L7, got 'http'",
+                    "listeners.web.layer: must be one of L4, L7, got 'http'",
                 ),
                 (
                     POOL + "[listeners]\nweb = 3\n",
-                    "lb.toml: listeners.web: must be a table, got an integer",
+                    "listeners.web: must be a table, got an integer",
                 ),
             ]
         )
@@ -1301,36 +1299,36 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[load_balancer]\n" + POOL + LISTENER,
-                    "lb.toml: mixes the simple form ([load_balancer], [[server]]) with "
+                    "mixes the simple form ([load_balancer], [[server]]) with "
                     "the full form ([listeners.*], [pools.*]); use one",
                 ),
                 (
                     SERVER + LISTENER,
-                    "lb.toml: mixes the simple form ([load_balancer], [[server]]) with "
+                    "mixes the simple form ([load_balancer], [[server]]) with "
                     "the full form ([listeners.*], [pools.*]); use one",
                 ),
-                ("", "lb.toml: server: a pool needs at least one server"),
+                ("", "server: a pool needs at least one server"),
                 (
                     "[load_balancer]\nport = 80\n",
-                    "lb.toml: server: a pool needs at least one server",
+                    "server: a pool needs at least one server",
                 ),
                 (
                     '[pools.app]\nalgorithm = "round_robin"\n' + LISTENER,
-                    "lb.toml: pools.app.servers: a pool needs at least one server",
+                    "pools.app.servers: a pool needs at least one server",
                 ),
-                (LISTENER, "lb.toml: pools: at least one [pools.NAME] table is required"),
+                (LISTENER, "pools: at least one [pools.NAME] table is required"),
+                (POOL, "listeners: at least one [listeners.NAME] table is required"),
                 (
-                    POOL,
-                    "lb.toml: listeners: at least one [listeners.NAME] table is required",
+                    "[pools]\napp = 3\n" + LISTENER,
+                    "pools.app: must be a table, got an integer",
                 ),
-                ("[pools]\napp = 3\n" + LISTENER, "lb.toml: pools.app: must be a table, got an integer"),
                 (
                     POOL + LISTENER + 'pool = "ap"\n',
-                    "lb.toml: listeners.web.pool: no pool named 'ap'; pools: app",
+                    "listeners.web.pool: no pool named 'ap'; pools: app",
                 ),
                 (
                     POOL + POOL.replace("app", "api") + LISTENER,
-                    "lb.toml: listeners.web.pool: is required; pools: app, api",
+                    "listeners.web.pool: is required; pools: app, api",
                 ),
                 (
                     POOL
@@ -1338,11 +1336,11 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
                     + 'layer = "L7"\n'
                     + '[[listeners.web.routes]]\nhost = "a.example"\npool = "app"\n'
                     + '[[listeners.web.routes]]\npool = "nope"\n',
-                    "lb.toml: listeners.web.routes[2].pool: no pool named 'nope'; pools: app",
+                    "listeners.web.routes[2].pool: no pool named 'nope'; pools: app",
                 ),
                 (
                     POOL + "[listeners.a]\nport = 8080\n[listeners.b]\nport = 8080\n",
-                    "lb.toml: listeners.b.port: listens where listener 'a' does: "
+                    "listeners.b.port: listens where listener 'a' does: "
                     "tcp:port=8080:interface=0.0.0.0:backlog=1024",
                 ),
             ]
@@ -1401,27 +1399,24 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     POOL + LISTENER + '[[listeners.web.routes]]\npool = "app"\n',
-                    'lb.toml: listeners.web.routes[1]: routes need layer = "L7"',
+                    'listeners.web.routes[1]: routes need layer = "L7"',
                 ),
-                (l7 + 'host = "a"\n', "lb.toml: listeners.web.routes[1].pool: is required"),
+                (l7 + 'host = "a"\n', "listeners.web.routes[1].pool: is required"),
                 (
                     l7 + 'pool = "app"\npath_prefix = "v1"\n',
-                    "lb.toml: listeners.web.routes[1].path_prefix: must start with '/', "
-                    "got 'v1'",
+                    "listeners.web.routes[1].path_prefix: must start with '/', got 'v1'",
                 ),
                 (
                     l7 + 'pool = "app"\nheaders = { X-A = 1 }\n',
-                    "lb.toml: listeners.web.routes[1].headers.X-A: must be a string, got 1",
+                    "listeners.web.routes[1].headers.X-A: must be a string, got 1",
                 ),
                 (
                     l7 + 'pool = "app"\nhost = ""\n',
-                    "lb.toml: listeners.web.routes[1].host: must be a non-empty string, "
-                    "got ''",
+                    "listeners.web.routes[1].host: must be a non-empty string, got ''",
                 ),
                 (
                     POOL + LISTENER + 'layer = "L7"\nroutes = 3\n',
-                    "lb.toml: listeners.web.routes: must be an array of tables, got an "
-                    "integer",
+                    "listeners.web.routes: must be an array of tables, got an integer",
                 ),
             ]
         )
@@ -1435,46 +1430,42 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     '[load_balancer]\nalgorithm = "nope"\n' + SERVER,
-                    "lb.toml: load_balancer.algorithm: unknown algorithm 'nope'; "
+                    "load_balancer.algorithm: unknown algorithm 'nope'; "
                     "installed: broken, consistent_hash, least_connections, round_robin",
                 ),
                 (
                     LISTENER + '[pools.app]\nalgorithm = "leastconn"\n' + APP_SERVER,
-                    "lb.toml: pools.app.algorithm: unknown algorithm 'leastconn'; "
+                    "pools.app.algorithm: unknown algorithm 'leastconn'; "
                     "installed: broken, consistent_hash, least_connections, round_robin",
                 ),
                 (
                     '[load_balancer]\nalgorithm = ""\n' + SERVER,
-                    "lb.toml: load_balancer.algorithm: must be a non-empty string, got ''",
+                    "load_balancer.algorithm: must be a non-empty string, got ''",
                 ),
                 (
                     '[load_balancer]\nalgorithm = "consistent_hash"\n'
                     "algorithm_options = { replica = 3 }\n" + SERVER,
-                    "lb.toml: load_balancer.algorithm_options: consistent_hash: unknown "
-                    "option 'replica'",
+                    "load_balancer.algorithm_options: consistent_hash: unknown option 'replica'",
                 ),
                 (
                     LISTENER
                     + '[pools.app]\nalgorithm = "consistent_hash"\n'
                     + "algorithm_options = { replicas = 0 }\n"
                     + APP_SERVER,
-                    "lb.toml: pools.app.algorithm_options: consistent_hash: replicas must "
+                    "pools.app.algorithm_options: consistent_hash: replicas must "
                     "be a positive integer, got 0",
                 ),
                 (
                     '[load_balancer]\nalgorithm_options = { key = "x" }\n' + SERVER,
-                    "lb.toml: load_balancer.algorithm_options: round_robin: unknown "
-                    "option 'key'",
+                    "load_balancer.algorithm_options: round_robin: unknown option 'key'",
                 ),
                 (
                     '[load_balancer]\nalgorithm = "broken"\n' + SERVER,
-                    "lb.toml: load_balancer.algorithm_options: broken failed to build: "
-                    "RuntimeError: boom",
+                    "load_balancer.algorithm_options: broken failed to build: RuntimeError: boom",
                 ),
                 (
                     "[load_balancer]\nalgorithm_options = 3\n" + SERVER,
-                    "lb.toml: load_balancer.algorithm_options: must be a table, got an "
-                    "integer",
+                    "load_balancer.algorithm_options: must be a table, got an integer",
                 ),
             ]
         )
@@ -1503,11 +1494,11 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     hc + "timeout = 6\n" + SERVER,
-                    "lb.toml: health_check.timeout: must not exceed interval (5), got 6",
+                    "health_check.timeout: must not exceed interval (5), got 6",
                 ),
                 (
                     hc + "interval = 1\n" + SERVER,
-                    "lb.toml: health_check.timeout: must not exceed interval (1), got 2",
+                    "health_check.timeout: must not exceed interval (1), got 2",
                 ),
                 (
                     hc
@@ -1515,87 +1506,78 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
                     + LISTENER
                     + POOL
                     + "[pools.app.health_check]\ninterval = 3\n",
-                    "lb.toml: pools.app.health_check.timeout: must not exceed interval "
-                    "(3), got 4",
+                    "pools.app.health_check.timeout: must not exceed interval (3), got 4",
                 ),
                 (
                     hc + 'type = "udp"\n' + SERVER,
-                    "lb.toml: health_check.type: must be one of tcp, http, got 'udp'",
+                    "health_check.type: must be one of tcp, http, got 'udp'",
                 ),
                 (
                     hc + "interval = 0\n" + SERVER,
-                    "lb.toml: health_check.interval: must be a positive number of "
-                    "seconds, got 0",
+                    "health_check.interval: must be a positive number of seconds, got 0",
                 ),
                 (
                     hc + "interval = -1\n" + SERVER,
-                    "lb.toml: health_check.interval: must be a positive number of "
-                    "seconds, got -1",
+                    "health_check.interval: must be a positive number of seconds, got -1",
                 ),
                 (
                     hc + "interval = nan\n" + SERVER,
-                    "lb.toml: health_check.interval: must be a positive number of "
-                    "seconds, got nan",
+                    "health_check.interval: must be a positive number of seconds, got nan",
                 ),
                 (
                     hc + 'interval = "5"\n' + SERVER,
-                    "lb.toml: health_check.interval: must be a number of seconds, got '5'",
+                    "health_check.interval: must be a number of seconds, got '5'",
                 ),
                 (
                     hc + "timeout = false\n" + SERVER,
-                    "lb.toml: health_check.timeout: must be a number of seconds, got False",
+                    "health_check.timeout: must be a number of seconds, got False",
                 ),
-                (hc + "rise = 0\n" + SERVER, "lb.toml: health_check.rise: must be 1-100, got 0"),
+                (hc + "rise = 0\n" + SERVER, "health_check.rise: must be 1-100, got 0"),
                 (
                     hc + "fall = 101\n" + SERVER,
-                    "lb.toml: health_check.fall: must be 1-100, got 101",
+                    "health_check.fall: must be 1-100, got 101",
                 ),
                 (
                     hc + 'path = "health"\n' + SERVER,
-                    "lb.toml: health_check.path: must start with '/', got 'health'",
+                    "health_check.path: must start with '/', got 'health'",
                 ),
                 (
                     hc + 'expected_status = "abc"\n' + SERVER,
-                    "lb.toml: health_check.expected_status: must be a status or a range "
+                    "health_check.expected_status: must be a status or a range "
                     "like \"200-399\", got 'abc'",
                 ),
                 (
                     hc + 'expected_status = "a-b"\n' + SERVER,
-                    "lb.toml: health_check.expected_status: must be like \"200-399\", got "
-                    "'a-b'",
+                    "health_check.expected_status: must be like \"200-399\", got 'a-b'",
                 ),
                 (
                     hc + "expected_status = 600\n" + SERVER,
-                    "lb.toml: health_check.expected_status: must be within 100-599, got 600",
+                    "health_check.expected_status: must be within 100-599, got 600",
                 ),
                 (
                     hc + 'expected_status = "300-200"\n' + SERVER,
-                    "lb.toml: health_check.expected_status: must be within 100-599, got "
-                    "'300-200'",
+                    "health_check.expected_status: must be within 100-599, got '300-200'",
                 ),
                 (
                     hc + "expected_status = true\n" + SERVER,
-                    "lb.toml: health_check.expected_status: must be a status or a range "
-                    "like \"200-399\", got True",
+                    "health_check.expected_status: must be a status or a range "
+                    'like "200-399", got True',
                 ),
                 (
                     hc + "jitter = 1\n" + SERVER,
-                    "lb.toml: health_check.jitter: must be a fraction from 0 to below 1, "
-                    "got 1",
+                    "health_check.jitter: must be a fraction from 0 to below 1, got 1",
                 ),
                 (
                     hc + "jitter = -0.1\n" + SERVER,
-                    "lb.toml: health_check.jitter: must be a fraction from 0 to below 1, "
-                    "got -0.1",
+                    "health_check.jitter: must be a fraction from 0 to below 1, got -0.1",
                 ),
                 (
                     hc + "jitter = true\n" + SERVER,
-                    "lb.toml: health_check.jitter: must be a fraction from 0 to below 1, "
-                    "got True",
+                    "health_check.jitter: must be a fraction from 0 to below 1, got True",
                 ),
                 (
                     'health_check = "x"\n' + SERVER,
-                    "lb.toml: health_check: must be a table, got a string",
+                    "health_check: must be a table, got a string",
                 ),
             ]
         )
@@ -1609,36 +1591,36 @@ class ValueErrorTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[timeouts]\nconnect = false\n" + SERVER,
-                    "lb.toml: timeouts.connect: must be a number of seconds, got False",
+                    "timeouts.connect: must be a number of seconds, got False",
                 ),
                 (
                     "[timeouts]\nconnect = 0\n" + SERVER,
-                    "lb.toml: timeouts.connect: must be a positive number of seconds, "
-                    "got 0",
+                    "timeouts.connect: must be a positive number of seconds, got 0",
                 ),
                 (
                     "[timeouts]\nidle = 0\n" + SERVER,
-                    "lb.toml: timeouts.idle: must be a positive number of seconds, got 0",
+                    "timeouts.idle: must be a positive number of seconds, got 0",
                 ),
                 (
                     "[timeouts]\nidle = true\n" + SERVER,
-                    "lb.toml: timeouts.idle: must be a number of seconds, got True",
+                    "timeouts.idle: must be a number of seconds, got True",
                 ),
                 (
                     "[timeouts]\nheader = -1\n" + SERVER,
-                    "lb.toml: timeouts.header: must be a positive number of seconds, "
-                    "got -1",
+                    "timeouts.header: must be a positive number of seconds, got -1",
                 ),
                 (
                     '[timeouts]\nresponse = "60"\n' + SERVER,
-                    "lb.toml: timeouts.response: must be a number of seconds, got '60'",
+                    "timeouts.response: must be a number of seconds, got '60'",
                 ),
                 (
                     LISTENER + POOL + "[pools.app.timeouts]\nconnect = 0\n",
-                    "lb.toml: pools.app.timeouts.connect: must be a positive number of "
-                    "seconds, got 0",
+                    "pools.app.timeouts.connect: must be a positive number of seconds, got 0",
                 ),
-                ("timeouts = 3\n" + SERVER, "lb.toml: timeouts: must be a table, got an integer"),
+                (
+                    "timeouts = 3\n" + SERVER,
+                    "timeouts: must be a table, got an integer",
+                ),
             ]
         )
 
@@ -1822,8 +1804,7 @@ class OverridesTests(ConfigTestMixin, SynchronousTestCase):
         text = POOL + "[listeners.a]\nport = 1\n[listeners.b]\nport = 2\n"
         self.assertConfigError(
             text,
-            "lb.toml: listeners: --port needs exactly one listener in the file to "
-            "apply to",
+            "lb.toml: listeners: --port needs exactly one listener in the file to apply to",
             Overrides(port=9000),
         )
         self.assertConfigError(
@@ -2151,12 +2132,18 @@ class ParseBackendsTests(SynchronousTestCase):
             ("h:http", "--backends: port must be a number, got 'h:http'"),
             ("h:0", "--backends: port must be 1-65535, got 'h:0'"),
             ("a:1,h:65536", "--backends: port must be 1-65535, got 'h:65536'"),
-            ("[::1]", "--backends: port must be a number, got '[::1]'"),
             ("", "--backends: give at least one HOST:PORT"),
             (" , ", "--backends: give at least one HOST:PORT"),
         ]:
             error = self.assertRaises(ValueError, parseBackends, text)
             self.assertEqual(str(error), message)
+
+    def test_bracketedAddressWithoutPort(self) -> None:
+        """
+        A bracketed IPv6 address without a port is refused, naming the entry.
+        """
+        error = self.assertRaises(ValueError, parseBackends, "10.0.0.1:80,[::1]")
+        self.assertIn("'[::1]'", str(error))
 
     def test_what(self) -> None:
         """

@@ -71,9 +71,7 @@ class RoundRobinConformanceTests(StrategyConformanceMixin, SynchronousTestCase):
     factory = roundRobinFactory
 
 
-class WeightedRoundRobinConformanceTests(
-    StrategyConformanceMixin, SynchronousTestCase
-):
+class WeightedRoundRobinConformanceTests(StrategyConformanceMixin, SynchronousTestCase):
     """
     C{weighted_round_robin} conforms to the strategy contract.
     """
@@ -282,6 +280,19 @@ class CheckOptionsTests(SynchronousTestCase):
         error = self.assertRaises(ValueError, checkOptions, self.accepted, {"x": 0})
         self.assertEqual(
             str(error), "unknown option 'x'; known options: enabled, virtual_nodes"
+        )
+
+    def test_didYouMean(self) -> None:
+        """
+        An unknown option close to a known one is suggested.
+        """
+        error = self.assertRaises(
+            ValueError, checkOptions, self.accepted, {"virtual_node": 3}
+        )
+        self.assertEqual(
+            str(error),
+            "unknown option 'virtual_node' (did you mean 'virtual_nodes'?); "
+            "known options: enabled, virtual_nodes",
         )
 
     def test_numberAbove(self) -> None:

@@ -26,9 +26,7 @@ def build(factory, backends: Sequence[IBackend]) -> IStrategy:
     return strategy
 
 
-def names(
-    strategy: IStrategy, candidates: Sequence[IBackend], picks: int
-) -> list[str]:
+def names(strategy: IStrategy, candidates: Sequence[IBackend], picks: int) -> list[str]:
     """
     The names of C{picks} successive choices among C{candidates}.
     """
@@ -125,6 +123,28 @@ class RoundRobinTests(SynchronousTestCase):
         remaining = [self.a, self.c, self.d]
         self.strategy.membershipChanged(tuple(remaining))
         self.assertEqual([self.pick(*remaining) for _ in range(3)], ["c", "d", "a"])
+
+    def test_lastChosenAndItsPredecessorLeave(self) -> None:
+        """
+        When the backend chosen last leaves the pool, and then the one
+        before it does too, rotation still goes on after them.
+        """
+        self.assertEqual([self.pick(), self.pick(), self.pick()], ["a", "b", "c"])
+        self.strategy.membershipChanged((self.a, self.b, self.d))
+        self.strategy.membershipChanged((self.a, self.d))
+        self.assertEqual([self.pick(self.a, self.d) for _ in range(3)], list("dad"))
+
+    def test_anchorForgottenAfterAPick(self) -> None:
+        """
+        What was remembered about one departed backend does not steer the
+        rotation after a later one departs.
+        """
+        self.assertEqual([self.pick(), self.pick(), self.pick()], ["a", "b", "c"])
+        self.strategy.membershipChanged((self.a, self.b, self.d))
+        self.assertEqual(self.pick(self.a, self.b, self.d), "d")
+        self.assertEqual(self.pick(self.a, self.b, self.d), "a")
+        self.strategy.membershipChanged((self.b, self.d))
+        self.assertEqual(self.pick(self.b, self.d), "b")
 
     def test_firstBackendLeavesAfterBeingChosen(self) -> None:
         """

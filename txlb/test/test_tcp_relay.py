@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides, implementer
 from zope.interface.verify import verifyObject
 
-from txlb.interfaces import IStrategy
+from txlb.interfaces import ILatencyObserver, IStrategy
 from txlb.limits import ConnectionLimit
 from txlb.pool import AdminState, Backend, Pool
 from txlb.protocols.tcp import EARLY_DATA_LIMIT, TCPRelayFactory, backendEndpoint
@@ -75,6 +75,19 @@ class BrokenStrategy:
         Fail.
         """
         raise ZeroDivisionError("broken strategy")
+
+
+@implementer(IStrategy, ILatencyObserver)
+class BrokenLatencyObserver(RoundRobin):
+    """
+    A strategy whose latency observer has a bug.
+    """
+
+    def latencyObserved(self, backend, seconds):
+        """
+        Fail.
+        """
+        raise ZeroDivisionError("broken observer")
 
 
 @implementer(IStreamClientEndpoint)
@@ -157,6 +170,9 @@ class RelayTestMixin:
     """
 
     def setUp(self) -> None:
+        """
+        Build the reactor, pool and network.
+        """
         self.reactor = MemoryReactorClock()
         self.strategy = RoundRobin()
         self.a = makeBackend("a", 3000)
@@ -508,6 +524,19 @@ class ConnectTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(self.a.latency, 0.25)
         self.assertEqual(self.a.consecutiveFailures, 0)
 
+    def test_brokenLatencyObserver(self) -> None:
+        """
+        A strategy failing to take a latency observation does not stop the
+        relay; the error is logged.
+        """
+        self.pool.setStrategy("broken", BrokenLatencyObserver())
+        factory = self.makeFactory()
+        client, clientTransport, _, backendTransport = self.relay(factory)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(clientTransport.producerState, "producing")
+        client.dataReceived(b"still works")
+        self.assertEqual(backendTransport.value(), b"still works")
+
     def test_failoverAfterRefused(self) -> None:
         """
         A refused connect is recorded on that backend, released, and
@@ -663,6 +692,9 @@ class LoggingTests(RelayTestMixin, SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        """
+        Also capture every log event.
+        """
         RelayTestMixin.setUp(self)
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 

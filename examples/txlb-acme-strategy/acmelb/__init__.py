@@ -1,0 +1,3 @@
+"""
+Acme's load-balancing strategies for txlb.
+"""

@@ -1,0 +1,826 @@
+"""
+The header policy of the L7 proxy: pure functions, no I/O, no reactor.
+
+A parser (llhttp, through httptools) hands over each header block as a list
+of C{(name, value)} byte pairs, names in the case they arrived in.  Four
+functions sit between that list and the wire:
+
+  - L{validateRequestHeaders} and L{validateResponseHeaders} apply the RFC
+    9112 framing rules strictly, including the ones a parser may let through,
+    and say how the message body is delimited;
+  - L{forwardRequestHeaders} and L{forwardResponseHeaders} build the header
+    list txlb sends on: hop-by-hop headers removed first, txlb's own headers
+    added after (so a client can never strip them), and exactly one framing
+    header, spelled canonically, as txlb will actually frame the body.
+
+Transfer codings: txlb accepts a C{Transfer-Encoding} only when its whole
+value is C{chunked} (any letter case).  C{gzip, chunked} is valid framing,
+but txlb does not decode or forward other codings, and HAProxy and Envoy
+refuse unknown codings as well; any other value, a list, a repeated header or
+one with stray whitespace is a 400 (a 502 from a backend).  Framing values
+(C{Content-Length}, C{Transfer-Encoding}, C{Host}) must carry no whitespace
+at all, not even trailing whitespace llhttp leaves in a value: no real client
+sends it, and it is a classic ingredient of smuggling attempts.
+
+These run once per request, so they make one pass over the headers, compare
+lowercase names against precomputed sets and use precompiled patterns.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+import re
+from typing import Sequence
+
+import attrs
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+#: The most header lines txlb accepts in one request or response (HAProxy's
+#: default limit is 101 with the start line).
+MAX_HEADERS = 100
+
+#: The most digits a Content-Length may have: 18 digits always fit in 63 bits.
+MAX_CONTENT_LENGTH_DIGITS = 18
+
+#: The longest request id txlb passes on.
+MAX_REQUEST_ID_LENGTH = 200
+
+_ALNUM = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+#: RFC 9110 tchar.
+_TCHAR = _ALNUM + b"!#$%&'*+-.^_`|~"
+#: Everything but the CTLs: field-vchar, obs-text, SP and HTAB.
+_FIELD_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+#: A reg-name as txlb accepts it: no percent-encoding, no sub-delims.
+_HOST_CHARS = _ALNUM + b"-._~"
+#: Enough for UUIDs, ULIDs, base64 and W3C trace ids; nothing that splits
+#: a list or needs quoting.
+_REQUEST_ID_CHARS = _ALNUM + b"-_.:+/=@~"
+
+_badNameChar = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
+_badValueChar = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+# Past this length, bytes.translate beats the regex (it has a fixed cost to
+# build its table, then runs at C speed).
+_SHORT_VALUE = 64
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# What a Connection header may not name: dropping these would change how the
+# message is routed or framed.
+_UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Headers whose values describe the hops before txlb; kept (and extended)
+# only when the peer is a trusted proxy.
+_TRUSTABLE = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+# What txlb writes itself on a request, whatever the client sent.
+_REQUEST_OWNED = _TRUSTABLE | {b"x-forwarded-by", b"host", b"expect"}
+# The names txlb looks at while validating; every other header costs one
+# set lookup.
+_INTERESTING = _FRAMING | {b"host", b"connection", b"upgrade", b"expect"}
+
+_WS = b" \t"
+_CHUNKED = b"chunked"
+_CONTINUE = b"100-continue"
+_NO_TOKENS: frozenset[bytes] = frozenset()
+# The Connection values nearly every message carries, parsed once.
+_COMMON_CONNECTION = {
+    value: frozenset(t.strip() for t in value.split(b","))
+    for value in (
+        b"close",
+        b"keep-alive",
+        b"upgrade",
+        b"keep-alive, upgrade",
+        b"upgrade, keep-alive",
+    )
+}
+
+
+class HeaderError(Exception):
+    """
+    A header block that txlb refuses.
+
+    @ivar status: the status to answer with: 400, 417, 431, 505 for a
+        request; 502 for a backend's response.
+    @ivar reason: a short, fixed description for a plain-text body and the
+        access log; it never quotes what was received.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+class Body(enum.Enum):
+    """
+    How a message body is delimited.
+    """
+
+    #: No body, by rule (HEAD, 1xx, 204, 304) or because nothing announces one.
+    NONE = "none"
+    #: Exactly C{Content-Length} bytes.
+    LENGTH = "length"
+    #: The chunked transfer coding.
+    CHUNKED = "chunked"
+    #: Everything until the connection closes.
+    CLOSE = "close"
+
+
+@attrs.frozen
+class RequestFraming:
+    """
+    What a valid request header block says about its message.
+
+    L{forwardRequestHeaders} takes one of these as the framing txlb will
+    send; the caller may change it with C{attrs.evolve} (to drop C{upgrade}
+    when it will not tunnel, or C{expectContinue} when it answers the
+    expectation itself).
+
+    @ivar contentLength: the body length, or C{None}.
+    @ivar chunked: the body uses the chunked coding.
+    @ivar host: the Host value as received (it may carry a port), or C{None}
+        for an HTTP/1.0 request without one.
+    @ivar keepAlive: the client wants the connection kept after this
+        exchange (HTTP/1.1 without C{close}; HTTP/1.0 with C{keep-alive}).
+    @ivar upgrade: the Upgrade value when C{Connection} names C{upgrade} on
+        HTTP/1.1, else C{None}.
+    @ivar expectContinue: an HTTP/1.1 C{Expect: 100-continue}.
+    @ivar connectionTokens: the C{Connection} tokens, lowercase.
+    """
+
+    contentLength: int | None = None
+    chunked: bool = False
+    host: bytes | None = None
+    keepAlive: bool = True
+    upgrade: bytes | None = None
+    expectContinue: bool = False
+    connectionTokens: frozenset[bytes] = _NO_TOKENS
+
+    @property
+    def body(self) -> Body:
+        """
+        How the request body is delimited: a request is never read until
+        close.
+        """
+        if self.chunked:
+            return Body.CHUNKED
+        if self.contentLength:
+            return Body.LENGTH
+        return Body.NONE
+
+
+@attrs.frozen
+class ResponseFraming:
+    """
+    What a valid backend response header block says about its message.
+
+    @ivar status: the response status.
+    @ivar body: how the body is delimited.
+    @ivar contentLength: the body length for L{Body.LENGTH}; for a response
+        to HEAD or a 304, the length the backend announced (passed on as
+        is), else C{None}.
+    @ivar keepAlive: the backend connection can carry another request after
+        this response (never when the body ends at close).
+    @ivar upgrade: the Upgrade value of a 101, else C{None}.
+    @ivar connectionTokens: the C{Connection} tokens, lowercase.
+    """
+
+    status: int
+    body: Body
+    contentLength: int | None = None
+    keepAlive: bool = True
+    upgrade: bytes | None = None
+    connectionTokens: frozenset[bytes] = _NO_TOKENS
+
+
+@attrs.frozen
+class ResponsePlan:
+    """
+    How txlb sends a response to its client.
+
+    @ivar body: the framing txlb writes: a close-delimited or chunked
+        backend body becomes chunked for an HTTP/1.1 client and
+        close-delimited for an HTTP/1.0 client.
+    @ivar close: txlb closes the client connection after this response.
+    """
+
+    body: Body
+    close: bool
+
+
+def _checkHost(host: bytes | None) -> None:
+    if host is not None and not _validHost(host):
+        raise ValueError(f"not a valid host[:port]: {host!r}")
+
+
+def _checkRequestIdHeader(name: bytes) -> None:
+    lowered = name.lower()
+    if not name or _badNameChar(name) or lowered in _HOP_BY_HOP | _REQUEST_OWNED:
+        raise ValueError(f"not usable as the request id header: {name!r}")
+
+
+def _checkFieldValue(value: bytes | None) -> None:
+    if value is not None and (_badValueChar(value) or value.strip(_WS) != value):
+        raise ValueError(f"not a valid header value: {value!r}")
+
+
+@attrs.frozen
+class ForwardingPolicy:
+    """
+    What txlb adds to and removes from forwarded messages; built from the
+    config once.
+
+    @ivar trustedProxies: the networks whose C{X-Forwarded-*} and
+        C{Forwarded} headers are believed (and extended).
+    @ivar forwarded: add an RFC 7239 C{Forwarded} element.
+    @ivar forwardedBy: the C{X-Forwarded-By} value, or C{None} for none.
+    @ivar backendHeader: add C{X-Backend-Server} to responses.
+    @ivar hostRewrite: the Host sent to the backend instead of the client's.
+    @ivar requestIdHeader: the request id header's name, as sent.
+    """
+
+    trustedProxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        attrs.field(default=(), converter=tuple)
+    )
+    forwarded: bool = False
+    forwardedBy: bytes | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: _checkFieldValue(v)
+    )
+    backendHeader: bool = False
+    hostRewrite: bytes | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: _checkHost(v)
+    )
+    requestIdHeader: bytes = attrs.field(
+        default=b"X-Request-ID", validator=lambda _i, _a, v: _checkRequestIdHeader(v)
+    )
+    _requestDrop: frozenset[bytes] = attrs.field(init=False, repr=False, eq=False)
+    _requestIdName: bytes = attrs.field(init=False, repr=False, eq=False)
+
+    @_requestDrop.default
+    def _requestDropDefault(self) -> frozenset[bytes]:
+        return _HOP_BY_HOP | _FRAMING | _REQUEST_OWNED | {self.requestIdHeader.lower()}
+
+    @_requestIdName.default
+    def _requestIdNameDefault(self) -> bytes:
+        return self.requestIdHeader.lower()
+
+    def isTrusted(self, peerIP: str) -> bool:
+        """
+        @param peerIP: the peer's address; an IPv4-mapped IPv6 address
+            counts as its IPv4 address.
+        @return: C{peerIP} is inside one of C{trustedProxies} (never for
+            something that is not an IP address).
+        """
+        if not self.trustedProxies:
+            return False
+        return _inNetworks(self.trustedProxies, peerIP)
+
+
+@functools.lru_cache(maxsize=4096)
+def _inNetworks(
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], peerIP: str
+) -> bool:
+    # Cached: parsing an address costs more than the rest of the policy, and
+    # a busy listener sees the same proxies over and over.
+    try:
+        address = ipaddress.ip_address(peerIP)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+@attrs.frozen
+class ClientInfo:
+    """
+    What txlb knows about the client of one request.
+
+    @ivar peer: the peer's IP address (C{unknown} is used when it is empty).
+    @ivar scheme: C{b"http"} or C{b"https"}.
+    @ivar requestId: the id to send when the client brought no valid one;
+        the caller makes it (this module has no randomness).
+    @ivar localAddress: the address the request came in on, for the
+        C{by=} of C{Forwarded}, or C{None}.
+    """
+
+    peer: str
+    scheme: bytes
+    requestId: bytes
+    localAddress: str | None = None
+
+
+# ------------------------------------------------------------- validation
+
+
+def _validHost(host: bytes) -> bool:
+    """
+    @return: C{host} is C{reg-name}, an IPv4 address or an IPv6 literal, then
+        an optional C{:port} of 1 to 5 digits up to 65535.
+    """
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        literal = host[1:end]
+        if end < 0 or b"%" in literal:
+            return False
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        rest = host[end + 1 :]
+    else:
+        name, colon, port = host.partition(b":")
+        if not name or name.translate(None, _HOST_CHARS):
+            return False
+        rest = colon + port
+    if not rest:
+        return True
+    port = rest[1:]
+    return (
+        rest[0] == 0x3A
+        and 0 < len(port) <= 5
+        and port.isdigit()
+        and int(port) <= 65535
+    )
+
+
+def _tokens(values: list[bytes], status: int) -> frozenset[bytes]:
+    """
+    @return: the lowercase tokens of one or more comma-separated lists,
+        empty elements skipped.
+    @raise HeaderError: an element is not a token.
+    """
+    if len(values) == 1:
+        common = _COMMON_CONNECTION.get(values[0].lower())
+        if common is not None:
+            return common
+    found = set()
+    for value in values:
+        for element in value.split(b","):
+            token = element.strip(_WS)
+            if not token:
+                continue
+            if _badNameChar(token):
+                raise HeaderError(status, "invalid Connection header")
+            found.add(token.lower())
+    return frozenset(found)
+
+
+def _scan(
+    version: tuple[int, int], headers: Headers, status: int
+) -> tuple[
+    list[bytes] | None,
+    list[bytes] | None,
+    list[bytes] | None,
+    frozenset[bytes],
+    list[bytes] | None,
+    list[bytes] | None,
+]:
+    """
+    Check every name and value once and collect the headers that matter.
+
+    @return: the C{Content-Length}, C{Transfer-Encoding}, C{Host} values,
+        the C{Connection} tokens, the C{Upgrade} and C{Expect} values (each
+        list C{None} when absent).
+    @raise HeaderError: with C{status} for anything malformed.
+    """
+    lengths = codings = hosts = connection = upgrade = expect = None
+    for name, value in headers:
+        if not name or _badNameChar(name):
+            raise HeaderError(status, "invalid header name")
+        if (
+            _badValueChar(value)
+            if len(value) < _SHORT_VALUE
+            else value.translate(None, _FIELD_CHARS)
+        ):
+            if b"\r" in value or b"\n" in value:
+                raise HeaderError(status, "obs-fold or bare CR in header")
+            raise HeaderError(status, "invalid character in header value")
+        if value and value[0] in _WS:
+            # llhttp strips leading whitespace, so this is a continuation line.
+            raise HeaderError(status, "obs-fold in header")
+        lowered = name.lower()
+        if lowered not in _INTERESTING:
+            continue
+        if lowered == b"content-length":
+            if lengths is None:
+                lengths = [value]
+            else:
+                lengths.append(value)
+        elif lowered == b"transfer-encoding":
+            if codings is None:
+                codings = [value]
+            else:
+                codings.append(value)
+        elif lowered == b"host":
+            if hosts is None:
+                hosts = [value]
+            else:
+                hosts.append(value)
+        elif lowered == b"connection":
+            if connection is None:
+                connection = [value]
+            else:
+                connection.append(value)
+        elif lowered == b"upgrade":
+            if upgrade is None:
+                upgrade = [value]
+            else:
+                upgrade.append(value)
+        elif expect is None:
+            expect = [value]
+        else:
+            expect.append(value)
+
+    if codings is not None:
+        if lengths is not None:
+            raise HeaderError(status, "Content-Length with Transfer-Encoding")
+        if len(codings) > 1:
+            raise HeaderError(status, "several Transfer-Encoding headers")
+        if version[1] == 0:
+            raise HeaderError(status, "Transfer-Encoding on HTTP/1.0")
+        if codings[0].lower() != _CHUNKED:
+            raise HeaderError(status, "unsupported Transfer-Encoding")
+    if lengths is not None:
+        if len(lengths) > 1 or b"," in lengths[0]:
+            raise HeaderError(status, "several Content-Length values")
+        length = lengths[0]
+        if not (
+            0 < len(length) <= MAX_CONTENT_LENGTH_DIGITS and length.isdigit()
+        ):
+            raise HeaderError(status, "invalid Content-Length")
+    tokens = _NO_TOKENS if connection is None else _tokens(connection, status)
+    if not tokens.isdisjoint(_UNNAMEABLE):
+        raise HeaderError(status, "Connection names a framing header")
+    return lengths, codings, hosts, tokens, upgrade, expect
+
+
+def _keepAlive(version: tuple[int, int], tokens: frozenset[bytes]) -> bool:
+    if b"close" in tokens:
+        return False
+    return version[1] >= 1 or b"keep-alive" in tokens
+
+
+def validateRequestHeaders(
+    version: tuple[int, int], headers: Headers, maxHeaders: int = MAX_HEADERS
+) -> RequestFraming:
+    """
+    Apply RFC 9112 strictly to a request header block.
+
+    @param version: the request's C{(major, minor)} HTTP version.
+    @param headers: the header lines as received.
+    @param maxHeaders: the most header lines accepted.
+    @return: how the request is framed, and the hints txlb needs from it.
+    @raise HeaderError: 400 for a malformed block (see the module docstring
+        for the framing rules; also a missing Host on HTTP/1.1, several Host
+        headers, a Host that is not C{host[:port]}, a C{Connection} naming
+        Host, Content-Length or Transfer-Encoding); 417 for an expectation
+        other than C{100-continue}; 431 for too many header lines; 505 for a
+        major version other than 1.
+    """
+    if version[0] != 1:
+        raise HeaderError(505, "HTTP version not supported")
+    if len(headers) > maxHeaders:
+        raise HeaderError(431, "too many headers")
+    lengths, codings, hosts, tokens, upgrades, expects = _scan(version, headers, 400)
+    if hosts is None:
+        if version[1] >= 1:
+            raise HeaderError(400, "missing Host")
+        host = None
+    elif len(hosts) > 1:
+        raise HeaderError(400, "several Host headers")
+    else:
+        host = hosts[0]
+        if host and not _validHost(host):
+            raise HeaderError(400, "invalid Host")
+    expectContinue = False
+    if expects is not None:
+        for value in expects:
+            for element in value.split(b","):
+                if element.strip(_WS).lower() != _CONTINUE:
+                    raise HeaderError(417, "unsupported expectation")
+        # RFC 9110 10.1.1: 100-continue in an HTTP/1.0 request is ignored.
+        expectContinue = version[1] >= 1
+    upgrade = None
+    if upgrades is not None and b"upgrade" in tokens and version[1] >= 1:
+        upgrade = upgrades[0] if len(upgrades) == 1 else b", ".join(upgrades)
+    return RequestFraming(
+        contentLength=None if lengths is None else int(lengths[0]),
+        chunked=codings is not None,
+        host=host,
+        keepAlive=_keepAlive(version, tokens),
+        upgrade=upgrade,
+        expectContinue=expectContinue,
+        connectionTokens=tokens,
+    )
+
+
+def validateResponseHeaders(
+    version: tuple[int, int],
+    status: int,
+    headers: Headers,
+    requestMethod: bytes,
+    maxHeaders: int = MAX_HEADERS,
+) -> ResponseFraming:
+    """
+    Apply the request's framing rules to a backend's response, and say how
+    its body ends.
+
+    @param version: the response's C{(major, minor)} HTTP version.
+    @param status: the response status.
+    @param headers: the header lines as received.
+    @param requestMethod: the method of the request answered, e.g. C{b"HEAD"}.
+    @param maxHeaders: the most header lines accepted.
+    @return: the response's framing.  The body is absent by rule for HEAD,
+        1xx, 204 and 304; otherwise chunked, then C{Content-Length}, then
+        read until close.
+    @raise HeaderError: 502 for anything malformed, including a 101 without
+        C{Upgrade} and a 1xx or 204 announcing a body (a
+        C{Content-Length: 0} there is tolerated and dropped).
+    """
+    if version[0] != 1:
+        raise HeaderError(502, "HTTP version not supported")
+    if not 100 <= status <= 599:
+        raise HeaderError(502, "invalid status")
+    if len(headers) > maxHeaders:
+        raise HeaderError(502, "too many headers")
+    lengths, codings, _hosts, tokens, upgrades, _expects = _scan(version, headers, 502)
+    length = None if lengths is None else int(lengths[0])
+    keepAlive = _keepAlive(version, tokens)
+    upgrade = None
+    if status < 200 or status == 204:
+        if codings is not None or length:
+            raise HeaderError(502, "body announced on a response without one")
+        if status == 101:
+            if upgrades is None:
+                raise HeaderError(502, "101 without Upgrade")
+            upgrade = upgrades[0] if len(upgrades) == 1 else b", ".join(upgrades)
+        return ResponseFraming(status, Body.NONE, None, keepAlive, upgrade, tokens)
+    if status == 304 or requestMethod == b"HEAD":
+        return ResponseFraming(status, Body.NONE, length, keepAlive, None, tokens)
+    if codings is not None:
+        return ResponseFraming(status, Body.CHUNKED, None, keepAlive, None, tokens)
+    if length is not None:
+        return ResponseFraming(status, Body.LENGTH, length, keepAlive, None, tokens)
+    return ResponseFraming(status, Body.CLOSE, None, False, None, tokens)
+
+
+# ------------------------------------------------------------- forwarding
+
+
+def _spoofsProtected(lowered: bytes, protected: frozenset[bytes]) -> bool:
+    """
+    @return: C{lowered}, a name with an underscore, reads as one of
+        C{protected} to a backend that treats C{_} and C{-} alike (CGI, WSGI
+        and many frameworks do).
+    """
+    return lowered.replace(b"_", b"-") in protected
+
+
+# Names a client must not be able to read under another spelling (on a
+# request, the policy's drop set plays this part).
+_RESPONSE_PROTECTED = _HOP_BY_HOP | _FRAMING | {b"x-backend-server"}
+_RESPONSE_DROP = _HOP_BY_HOP | _FRAMING
+_RESPONSE_DROP_BACKEND = _RESPONSE_DROP | {b"x-backend-server"}
+
+
+def _node(address: str | None) -> bytes:
+    """
+    @return: C{address} as an RFC 7239 node: IPv6 bracketed and quoted,
+        C{unknown} when there is none.
+    """
+    if not address:
+        return b"unknown"
+    if ":" in address:
+        return b'"[' + address.encode("ascii", "replace") + b']"'
+    return address.encode("ascii", "replace")
+
+
+def _forwardedValue(value: bytes) -> bytes:
+    """
+    @return: C{value} as an RFC 7239 value: a token, else a quoted string
+        (callers pass only validated hosts and schemes, which need no
+        escapes).
+    """
+    if value and not _badNameChar(value):
+        return value
+    return b'"' + value + b'"'
+
+
+def _validRequestId(value: bytes) -> bool:
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and not value.translate(
+        None, _REQUEST_ID_CHARS
+    )
+
+
+def forwardRequestHeaders(
+    headers: Headers,
+    framing: RequestFraming,
+    policy: ForwardingPolicy,
+    client: ClientInfo,
+) -> list[tuple[bytes, bytes]]:
+    """
+    Build the header block txlb sends to a backend for one request.
+
+    First every hop-by-hop header, every header named in C{Connection},
+    every framing header and every header txlb owns is dropped (as are
+    names that read as one of those with C{_} for C{-}); then txlb adds
+    its own, in this order: C{Host} first, the client's other headers in
+    their order, C{X-Forwarded-For}, C{X-Forwarded-Proto},
+    C{X-Forwarded-Host}, C{Forwarded} (when on), the request id,
+    C{X-Forwarded-By} (when set), C{Connection: upgrade} and C{Upgrade}
+    for an upgrade, C{Expect: 100-continue}, then the framing header.
+
+    From a trusted proxy, C{X-Forwarded-For} and C{Forwarded} are extended
+    and C{X-Forwarded-Proto} and C{X-Forwarded-Host} kept as they came;
+    from anyone else they are replaced.  A client-supplied request id is
+    kept when there is exactly one and it is 1 to 200 characters of
+    letters, digits and C{-_.:+/=@~}.
+
+    @param headers: the validated request headers, as received.
+    @param framing: the framing txlb will send (see L{RequestFraming}): its
+        C{chunked} or C{contentLength} gives the one framing header,
+        C{upgrade} the upgrade headers, C{host} the original Host,
+        C{connectionTokens} the headers to drop.
+    @param policy: the listener's (or pool's) forwarding policy.
+    @param client: the request's client.
+    @return: new header lines; those txlb writes have canonical names.
+    """
+    trusted = policy.isTrusted(client.peer)
+    drop = policy._requestDrop
+    named = framing.connectionTokens
+    requestIdName = policy._requestIdName
+    out: list[tuple[bytes, bytes]] = [(b"Host", b"")]
+    forwardedFor: list[bytes] = []
+    forwarded: list[bytes] = []
+    proto: list[bytes] = []
+    originalHost: list[bytes] = []
+    requestIds: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in named:
+            continue
+        if lowered in drop:
+            if lowered == requestIdName:
+                requestIds.append(value)
+            elif trusted and lowered in _TRUSTABLE:
+                if lowered == b"x-forwarded-for":
+                    forwardedFor.append(value)
+                elif lowered == b"forwarded":
+                    forwarded.append(value)
+                elif lowered == b"x-forwarded-proto":
+                    proto.append(value)
+                else:
+                    originalHost.append(value)
+            continue
+        if b"_" in lowered and _spoofsProtected(lowered, drop):
+            continue
+        out.append((name, value))
+
+    host = framing.host
+    out[0] = (b"Host", policy.hostRewrite or host or b"")
+    peer = client.peer.encode("ascii", "replace") if client.peer else b"unknown"
+    forwardedFor.append(peer)
+    out.append((b"X-Forwarded-For", b", ".join(forwardedFor)))
+    out.append((b"X-Forwarded-Proto", b", ".join(proto) if proto else client.scheme))
+    if originalHost:
+        out.append((b"X-Forwarded-Host", b", ".join(originalHost)))
+    elif host:
+        out.append((b"X-Forwarded-Host", host))
+    if policy.forwarded:
+        element = b"for=" + _node(client.peer)
+        if client.localAddress:
+            element += b";by=" + _node(client.localAddress)
+        if host:
+            element += b";host=" + _forwardedValue(host)
+        element += b";proto=" + _forwardedValue(client.scheme)
+        forwarded.append(element)
+        out.append((b"Forwarded", b", ".join(forwarded)))
+    elif forwarded:
+        out.append((b"Forwarded", b", ".join(forwarded)))
+    if len(requestIds) == 1 and _validRequestId(requestIds[0]):
+        out.append((policy.requestIdHeader, requestIds[0]))
+    else:
+        out.append((policy.requestIdHeader, client.requestId))
+    if policy.forwardedBy is not None:
+        out.append((b"X-Forwarded-By", policy.forwardedBy))
+    if framing.upgrade is not None:
+        out.append((b"Connection", b"upgrade"))
+        out.append((b"Upgrade", framing.upgrade))
+    if framing.expectContinue:
+        out.append((b"Expect", _CONTINUE))
+    if framing.chunked:
+        out.append((b"Transfer-Encoding", _CHUNKED))
+    elif framing.contentLength is not None:
+        out.append((b"Content-Length", b"%d" % (framing.contentLength,)))
+    return out
+
+
+def planResponse(
+    framing: ResponseFraming, clientKeepAlive: bool, clientVersion: tuple[int, int]
+) -> ResponsePlan:
+    """
+    Decide how a response goes to the client.
+
+    @param framing: the backend response's framing.
+    @param clientKeepAlive: txlb would keep the client connection (the
+        client asked for it and nothing else forbids it).
+    @param clientVersion: the client request's HTTP version.
+    @return: the body framing txlb writes, and whether it closes after.
+        An interim (1xx) response never closes; a chunked or
+        close-delimited body is chunked to an HTTP/1.1 client and
+        close-delimited (so the connection closes) to an HTTP/1.0 client.
+    """
+    if framing.status < 200:
+        return ResponsePlan(Body.NONE, False)
+    body = framing.body
+    if body is Body.CHUNKED or body is Body.CLOSE:
+        if clientVersion < (1, 1):
+            return ResponsePlan(Body.CLOSE, True)
+        return ResponsePlan(Body.CHUNKED, not clientKeepAlive)
+    return ResponsePlan(body, not clientKeepAlive)
+
+
+@functools.lru_cache(maxsize=1024)
+def _backendValue(name: str | bytes) -> bytes:
+    # Server names come from the config; anything that could break the
+    # header line is dropped rather than trusted.
+    raw = name if isinstance(name, bytes) else name.encode("utf-8")
+    return bytes(c for c in raw if c in _FIELD_CHARS).strip(_WS) or b"unknown"
+
+
+def forwardResponseHeaders(
+    headers: Headers,
+    framing: ResponseFraming,
+    policy: ForwardingPolicy,
+    backendName: str | bytes,
+    clientKeepAlive: bool,
+    clientVersion: tuple[int, int],
+) -> list[tuple[bytes, bytes]]:
+    """
+    Build the header block txlb sends to the client for one response.
+
+    Hop-by-hop headers, headers named in C{Connection} and the framing
+    headers are dropped; then txlb adds, as L{planResponse} decides: the
+    framing header (C{Content-Length}, or C{Transfer-Encoding: chunked} to
+    an HTTP/1.1 client, none for a close-delimited body, and for HEAD and
+    304 the length the backend announced), C{Connection: close} when txlb
+    will close, C{Connection: keep-alive} when an HTTP/1.0 client keeps
+    its connection, C{Connection: upgrade} and C{Upgrade} on a 101, and
+    C{X-Backend-Server} when C{policy.backendHeader} is on (replacing one
+    from the backend).  Interim 1xx responses get no connection header.
+
+    @param headers: the validated response headers, as received.
+    @param framing: the response's framing.
+    @param policy: the forwarding policy.
+    @param backendName: the backend's name, for C{X-Backend-Server}.
+    @param clientKeepAlive: see L{planResponse}.
+    @param clientVersion: see L{planResponse}.
+    @return: new header lines; those txlb writes have canonical names.
+    """
+    drop = _RESPONSE_DROP_BACKEND if policy.backendHeader else _RESPONSE_DROP
+    named = framing.connectionTokens
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in drop or lowered in named:
+            continue
+        if b"_" in lowered and _spoofsProtected(lowered, _RESPONSE_PROTECTED):
+            continue
+        out.append((name, value))
+
+    status = framing.status
+    if status == 101:
+        if framing.upgrade is not None:
+            out.append((b"Connection", b"upgrade"))
+            out.append((b"Upgrade", framing.upgrade))
+    elif status >= 200:
+        plan = planResponse(framing, clientKeepAlive, clientVersion)
+        if plan.body is Body.CHUNKED:
+            out.append((b"Transfer-Encoding", _CHUNKED))
+        elif framing.contentLength is not None:
+            # A length body, or the announced length of a HEAD or 304.
+            out.append((b"Content-Length", b"%d" % (framing.contentLength,)))
+        if plan.close:
+            out.append((b"Connection", b"close"))
+        elif clientVersion < (1, 1):
+            out.append((b"Connection", b"keep-alive"))
+    if policy.backendHeader:
+        out.append((b"X-Backend-Server", _backendValue(backendName)))
+    return out
