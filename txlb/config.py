@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
+import re
 import tomllib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -229,10 +231,12 @@ def clientEndpointString(host: str, port: int, timeout: float | None = None) -> 
     """
     A Twisted client endpoint string for C{host}:C{port}.
     """
-    kind, escaped = _hostForEndpoint(host)
-    s = f"{kind}:host={escaped}:port={port}"
+    # Twisted's tcp client takes IPv6 literals too (there is no tcp6 client
+    # type), and whole seconds only: round up, never cutting the timeout short.
+    escaped = host.replace(":", "\\:")
+    s = f"tcp:host={escaped}:port={port}"
     if timeout is not None:
-        s += f":timeout={timeout:g}"
+        s += f":timeout={math.ceil(timeout)}"
     return s
 
 
@@ -354,9 +358,17 @@ class _Reader:
         value = self.table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"must be a number of seconds, got {value!r}")
-        if value < 0 or (value == 0 and not allowZero) or value != value:
+        if value < 0 or (value == 0 and not allowZero) or not math.isfinite(value):
             raise self.error(key, f"must be a positive number of seconds, got {value!r}")
         return float(value)
+
+    def checkKeys(self, known: Sequence[str]) -> None:
+        """
+        Fail now on any key not in C{known}, so that a misspelt table is
+        named as such rather than reported as missing.
+        """
+        unknown = {k: v for k, v in self.table.items() if k not in known}
+        _Reader(self.source, self.path, unknown).finish(known)
 
     def finish(self, extra: Sequence[str] = ()) -> None:
         """
@@ -496,6 +508,14 @@ def _readServer(r: _Reader, connectTimeout: float) -> ServerConfig:
             raise r.error(None, "needs address (and port) or endpoint")
         if port is None:
             raise r.error("port", "is required with address")
+        if ":" in address:
+            try:
+                ipaddress.IPv6Address(address)
+            except ValueError:
+                raise r.error(
+                    "address",
+                    f"must be a host name or an IP address, without a port, got {address!r}",
+                )
         endpoint = clientEndpointString(address, port, connectTimeout)
     name = r.string("name")
     if name is None:
@@ -557,14 +577,48 @@ def _readAlgorithm(
     return factory.name, tuple(sorted(options.items()))
 
 
+def _checkSystemdEndpoint(endpoint: str) -> None:
+    """
+    Check a C{systemd:} server endpoint string without adopting its socket.
+
+    Twisted's parser looks the descriptor up among those this process
+    inherited, which exist only under socket activation, not under
+    C{txlb check}; the listener looks it up when it starts.
+
+    @raise ValueError: the string is malformed.
+    """
+    fields: dict[str, str] = {}
+    for i, part in enumerate(endpoint.split(":")[1:]):
+        key, sep, value = part.partition("=")
+        if not sep and i == 0:
+            key, value = "domain", part
+        elif key not in ("domain", "index", "name"):
+            raise ValueError(f"unexpected argument {part!r}")
+        fields[key] = value
+    if fields.get("domain") not in ("INET", "INET6", "UNIX"):
+        raise ValueError("domain must be INET, INET6 or UNIX")
+    if ("index" in fields) == ("name" in fields):
+        raise ValueError("give exactly one of index or name")
+    if "index" in fields and not fields["index"].isdigit():
+        raise ValueError(f"index must be a number, got {fields['index']!r}")
+
+
 def _readListenEndpoint(r: _Reader, defaultPort: int | None) -> str:
     endpoint = r.string("endpoint")
     backlog = r.integer("backlog", DEFAULT_BACKLOG, low=1, high=65535)
     if endpoint is not None:
         if r.has("address") or r.has("port"):
             raise r.error("endpoint", "give either endpoint or address/port, not both")
+        if r.has("backlog"):
+            raise r.error(
+                "backlog",
+                "goes in the endpoint string (e.g. tcp:8080:backlog=50) when endpoint is given",
+            )
         try:
-            serverFromString(_NoReactor(), endpoint)
+            if endpoint.split(":", 1)[0].lower() == "systemd":
+                _checkSystemdEndpoint(endpoint)
+            else:
+                serverFromString(_NoReactor(), endpoint)
         except Exception as e:
             raise r.error("endpoint", f"not a valid server endpoint string ({e}): {endpoint!r}")
         return endpoint
@@ -668,6 +722,8 @@ def _applyOverridesFull(doc: dict[str, Any], o: Overrides, source: str) -> None:
                 listener["layer"] = o.layer
             poolName = listener.get("pool")
             pools = doc.get("pools")
+            if poolName is None and isinstance(pools, dict) and len(pools) == 1:
+                (poolName,) = pools
             if isinstance(pools, dict) and isinstance(pools.get(poolName), dict):
                 pool = pools[poolName]
                 if o.algorithm is not None:
@@ -728,6 +784,7 @@ def _readFull(
     for name in poolsTable.table:
         p = poolsTable.sub(name)
         assert p is not None
+        p.checkKeys(_POOL_KEYS)
         timeouts = _readTimeouts(p.sub("timeouts"), baseTimeouts)
         health = _readHealthCheck(p.sub("health_check"), baseHealth)
         algorithm, options = _readAlgorithm(p, registry)
@@ -770,11 +827,14 @@ def _readFull(
                 raise lr.error(
                     where, f"no pool named {target!r}; pools: {', '.join(poolNames)}"
                 )
-        if endpoint in endpoints and not endpoint.split(":")[1].startswith("port=0"):
+        # The backlog does not make a listener listen anywhere else.
+        where = re.sub(r":backlog=[^:]*", "", endpoint)
+        if where in endpoints and not where.split(":")[1].startswith("port=0"):
             raise lr.error(
-                "port", f"listens where listener {endpoints[endpoint]!r} does: {endpoint}"
+                "endpoint" if lr.has("endpoint") else "port",
+                f"listens where listener {endpoints[where]!r} does: {endpoint}",
             )
-        endpoints[endpoint] = name
+        endpoints[where] = name
         listeners.append(
             ListenerConfig(
                 name=name,
@@ -824,6 +884,7 @@ def parseConfig(
     else:
         _applyOverridesSimple(doc, overrides)
     top = _Reader(source, "", doc)
+    top.checkKeys(_TOP_KEYS)
     if full:
         listeners, pools = _readFull(top, registry)
     else:

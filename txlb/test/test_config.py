@@ -1423,8 +1423,9 @@ class BadValueTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_algorithms(self) -> None:
         """
-        An unknown algorithm lists the installed ones; options the factory
-        refuses name the key path and the factory's reason.
+        An unknown algorithm lists the installed ones, with a hint when one is
+        close; options the factory refuses name the key path and the
+        factory's reason.
         """
         self.assertErrorTable(
             [
@@ -1435,8 +1436,9 @@ class BadValueTests(ConfigTestMixin, SynchronousTestCase):
                 ),
                 (
                     LISTENER + '[pools.app]\nalgorithm = "leastconn"\n' + APP_SERVER,
-                    "pools.app.algorithm: unknown algorithm 'leastconn'; "
-                    "installed: broken, consistent_hash, least_connections, round_robin",
+                    "pools.app.algorithm: unknown algorithm 'leastconn' (did you mean "
+                    "'least_connections'?); installed: broken, consistent_hash, "
+                    "least_connections, round_robin",
                 ),
                 (
                     '[load_balancer]\nalgorithm = ""\n' + SERVER,
