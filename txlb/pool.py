@@ -269,7 +269,16 @@ class Pool:
             request=request,
             hashKey=hashKey,
         )
-        chosen = self.strategy.choose(candidates, context)
+        try:
+            chosen = self.strategy.choose(candidates, context)
+        except Exception:
+            # A broken plugin must not take the listener down with it.
+            self._log.failure(
+                "strategy {algorithm} of pool {pool} failed; using the first candidate",
+                algorithm=self.algorithm,
+                pool=self.name,
+            )
+            return candidates[0]
         if chosen not in candidates:
             # A broken plugin must not route to an unusable backend.
             self._log.error(
@@ -289,4 +298,11 @@ class Pool:
         backend.recordSuccess(seconds)
         observer = ILatencyObserver(self.strategy, None)
         if observer is not None:
-            observer.latencyObserved(backend, seconds)
+            try:
+                observer.latencyObserved(backend, seconds)
+            except Exception:
+                self._log.failure(
+                    "strategy {algorithm} of pool {pool} failed to observe latency",
+                    algorithm=self.algorithm,
+                    pool=self.name,
+                )

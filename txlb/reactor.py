@@ -62,6 +62,10 @@ def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
     This never looks at C{transport.TLS}: callers decide whether C{data} is
     plaintext for the TLS layer or bytes for the wire.
 
+    C{EWOULDBLOCK}/C{EAGAIN} and C{ENOBUFS} mean "buffer it".  Any other
+    error means the connection is broken: the reactor reports the loss on
+    its next event (see L{_reportLossOnNextEvent}).  Nothing is raised.
+
     @param transport: a connected (or not) TCP transport.
     @param data: the bytes to write.  Anything that is not a non-empty
         C{bytes} goes to L{abstract.FileDescriptor.write} unchanged, which

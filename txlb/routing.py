@@ -153,7 +153,10 @@ def _compileHost(host: str) -> tuple[bytes | None, bytes | None]:
     if ":" in text and not wildcard:
         canonical = _canonicalIPv6(text.encode("ascii", "replace"))
         if canonical is None:
-            raise ValueError(f"route host {host!r}: a route host has no port")
+            raise ValueError(
+                f"route host {host!r}: not a host name or IPv6 address"
+                " (a route host has no port)"
+            )
         return b"[" + canonical + b"]", None
     try:
         encoded = text.encode("idna") if not text.isascii() else text.encode()
