@@ -673,15 +673,21 @@ class ConnectTests(RelayTestMixin, SynchronousTestCase):
 
     def test_brokenStrategy(self) -> None:
         """
-        A strategy that raises closes the client as having no backend, and
-        the error is logged.
+        A strategy that raises is logged with its traceback, and the pool
+        falls back to its first usable candidate, so the client is served.
         """
         self.pool.setStrategy("broken", BrokenStrategy())
         factory = self.makeFactory()
         _, clientTransport = connectClient(factory)
-        self.assertTrue(clientTransport.disconnecting)
-        self.assertEqual(factory.noBackend, 1)
+        self.assertFalse(clientTransport.disconnecting)
+        self.assertEqual(self.network.triedNames(), ["a"])
+        self.assertEqual(factory.noBackend, 0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.network.attempts[0].fail()
+        self.network.attempts[1].fail()
+        self.network.attempts[2].fail()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        self.assertTrue(clientTransport.disconnecting)
         clientTransport.deliverLoss()
         self.assertAllReleased(factory)
 
