@@ -80,3 +80,36 @@ class ConnectionLimit:
         waiter: Deferred[None] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
         return waiter
+
+
+@attrs.define(eq=False)
+class RetryBudget:
+    """
+    Bound retries to a share of the requests in flight, so that a failing
+    backend cannot make its pool's load grow by more than C{ratio}.
+
+    Like Envoy's retry budgets: a retry may start while the retries in
+    flight are fewer than C{ratio} of the requests in flight, or fewer than
+    C{minimum} (so a quiet pool can still retry).
+
+    @ivar ratio: the share of in-flight requests that may be retries.
+    @ivar minimum: retries always allowed at once.
+    @ivar requests: requests in flight.
+    @ivar retries: retries in flight.
+    @ivar refused: retries refused by the budget.
+    """
+
+    ratio: float = attrs.field(default=0.2, validator=ge(0.0))
+    minimum: int = attrs.field(default=3, validator=ge(0))
+    requests: int = attrs.field(default=0, init=False)
+    retries: int = attrs.field(default=0, init=False)
+    refused: int = attrs.field(default=0, init=False)
+
+    def allowRetry(self) -> bool:
+        """
+        May one more retry start now?  A refusal is counted.
+        """
+        if self.retries < max(self.minimum, self.ratio * self.requests):
+            return True
+        self.refused += 1
+        return False

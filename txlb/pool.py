@@ -28,6 +28,43 @@ from txlb.interfaces import (
 # Weight given to each new latency sample in the moving average.
 LATENCY_ALPHA = 0.3
 
+# Upper bounds (seconds) of the latency histogram's buckets; the last is +Inf.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    float("inf"),
+)
+
+
+@attrs.define(eq=False)
+class LatencyHistogram:
+    """
+    Cumulative-ready counts of latencies, in the shape Prometheus exports.
+
+    @ivar counts: observations per bucket of L{LATENCY_BUCKETS} (not
+        cumulative).
+    @ivar total: the sum of all observations, in seconds.
+    """
+
+    counts: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """
+        Count one observation.
+        """
+        self.total += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+
+    @property
+    def count(self) -> int:
+        """
+        Observations in all.
+        """
+        return sum(self.counts)
+
 
 class AdminState(enum.Enum):
     """
@@ -62,6 +99,9 @@ class Backend:
     @ivar latency: moving average of latency in seconds, or C{None}.
     @ivar healthy: last verdict of health checking (C{True} with none).
     @ivar state: the operator's L{AdminState}.
+    @ivar responses: L7 responses by status class (index 1 for 1xx ... 5
+        for 5xx; index 0 for requests that got no response).
+    @ivar responseTimes: L7 response times.
     """
 
     name: str
@@ -78,6 +118,16 @@ class Backend:
     latency: float | None = None
     healthy: bool = True
     state: AdminState = AdminState.active
+    responses: list[int] = attrs.field(factory=lambda: [0] * 6)
+    responseTimes: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+
+    def recordResponse(self, status: int, seconds: float) -> None:
+        """
+        An L7 response with C{status} finished after C{seconds}; status 0
+        counts a request that got no response from this backend.
+        """
+        self.responses[min(status // 100, 5)] += 1
+        self.responseTimes.observe(seconds)
 
     @property
     def weight(self) -> int:

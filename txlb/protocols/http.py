@@ -1,0 +1,1143 @@
+"""
+The L7 front: a strict, streaming HTTP/1.1 reverse proxy protocol.
+
+Requests are parsed by httptools (llhttp, a C parser generated from a
+state machine: strict and fast; txlb enables none of its leniencies) and
+checked again by L{txlb.protocols.headers}, which refuses every framing
+ambiguity a parser may let through.  Each request is routed to a pool, given
+a backend by the pool's strategy, and sent over a pooled persistent backend
+connection (L{txlb.protocols.upstream}).  Bodies stream both ways with
+backpressure in bounded memory.
+
+Pipelined requests are parsed as they arrive and answered in order: only the
+head of the queue is proxied; the others wait with their bodies buffered up
+to a bound, beyond which the client is not read.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import attrs
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txlb.limits import ConnectionLimit, RetryBudget
+from txlb.pool import Backend, Pool
+from txlb.protocols.headers import (
+    Body,
+    ClientInfo,
+    ForwardingPolicy,
+    HeaderError,
+    RequestFraming,
+    ResponseFraming,
+    forwardRequestHeaders,
+    forwardResponseHeaders,
+    planResponse,
+    validateRequestHeaders,
+)
+from txlb.protocols.upstream import ResponseTimeout, UpstreamConnection, UpstreamPool
+from txlb.routing import Router
+
+# Requests parsed ahead of the one being answered before reading pauses.
+MAX_PIPELINE = 16
+
+# Request body bytes held for requests not yet sent before reading pauses.
+BODY_HIGH_WATER = 256 * 1024
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@attrs.frozen
+class HTTPSettings:
+    """
+    Limits and timeouts of one L7 listener.
+
+    @ivar maxHeaderSize: bytes of request line and headers, else 431 (414
+        when the target alone is too long).
+    @ivar maxTargetLength: bytes of the request target, else 414.
+    @ivar maxBodySize: bytes of a request body, else 413; C{None}: no limit.
+    @ivar headerTimeout: seconds for a whole request head to arrive, else
+        408 and close (from the connection's start, or the request's first
+        byte on a kept-alive connection).
+    @ivar idleTimeout: seconds a kept-alive connection may wait for its
+        next request.
+    @ivar scheme: C{b"http"} or C{b"https"}, for X-Forwarded-Proto.
+    """
+
+    maxHeaderSize: int = 65536
+    maxTargetLength: int = 8192
+    maxBodySize: int | None = None
+    headerTimeout: float | None = 10.0
+    idleTimeout: float | None = 60.0
+    scheme: bytes = b"http"
+
+
+@attrs.frozen
+class RetryPolicy:
+    """
+    When a request may go to another backend.
+
+    @ivar attempts: tries in all, the first included.
+    @ivar perTryTimeout: seconds for a backend to start its response.
+    @ivar timeout: seconds for the whole request across tries, or C{None}.
+    """
+
+    attempts: int = 3
+    perTryTimeout: float | None = 60.0
+    timeout: float | None = None
+
+
+@attrs.define(eq=False)
+class L7Pool:
+    """
+    What the L7 front needs of one pool.
+
+    @ivar hashKey: where hashing strategies take their key: C{None} (the
+        client IP), C{("header", name)}, C{("cookie", name)} or
+        C{("path", None)}.
+    @ivar stickyCookie: the name of the affinity cookie txlb sets, or
+        C{None} for no sticky sessions.
+    """
+
+    pool: Pool
+    upstreams: UpstreamPool
+    policy: ForwardingPolicy = ForwardingPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    budget: RetryBudget = attrs.field(factory=RetryBudget)
+    hashKey: tuple[str, bytes | None] | None = None
+    stickyCookie: bytes | None = None
+    _stickyTokens: dict[str, bytes] = attrs.field(factory=dict)
+
+    def stickyToken(self, backend: Backend) -> bytes:
+        """
+        The opaque cookie value naming C{backend} (stable across restarts
+        and instances, reveals nothing of the backend's address).
+        """
+        token = self._stickyTokens.get(backend.name)
+        if token is None:
+            token = hashlib.blake2b(
+                backend.name.encode("utf-8"),
+                digest_size=8,
+                key=b"txlb-sticky:" + self.pool.name.encode("utf-8")[:40],
+            ).hexdigest().encode("ascii")
+            self._stickyTokens[backend.name] = token
+        return token
+
+    def stickyBackend(self, token: bytes) -> Backend | None:
+        """
+        The usable backend that C{token} names, or C{None}.
+        """
+        for backend in self.pool.backends:
+            if backend.usable and self.stickyToken(backend) == token:
+                return backend
+        return None
+
+
+class _Reject(Exception):
+    """
+    Raised inside a parser callback to refuse the request.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+@attrs.define(eq=False)
+class ProxiedRequest:
+    """
+    One request on its way through txlb; the C{request} a strategy sees in
+    its context.
+
+    @ivar method: e.g. C{b"GET"}.
+    @ivar target: the origin-form target (path and query).
+    @ivar version: e.g. C{(1, 1)}.
+    @ivar headers: the request's header lines as received.
+    """
+
+    method: bytes = b""
+    target: bytes = b""
+    version: tuple[int, int] = (1, 1)
+    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    framing: RequestFraming | None = None
+    l7pool: L7Pool | None = None
+    started: float = 0.0
+    headerSize: int = 0
+    error: _Reject | None = None
+    body: collections.deque[bytes] = attrs.field(factory=collections.deque)
+    bodyBuffered: int = 0
+    bodyReceived: int = 0
+    bodyDone: bool = False
+    bodySent: bool = False
+    attempts: int = 0
+    tried: list[Backend] = attrs.field(factory=list)
+    backend: Backend | None = None
+    exchange: _Exchange | None = None
+    stickyHit: bool = False
+    headSent: bool = False
+    status: int = 0
+    bytesOut: int = 0
+    retrying: bool = False
+    counted: bool = False
+    plan: Any = None
+    upgradeData: list[bytes] = attrs.field(factory=list)
+
+
+@implementer(IPushProducer)
+class _ReadPause:
+    """
+    Pauses the client's reading for one reason (backend backpressure),
+    registered as the producer of a backend transport.
+    """
+
+    def __init__(self, proto: HTTPProxyProtocol, reason: str) -> None:
+        self.proto = proto
+        self.reason = reason
+
+    def pauseProducing(self) -> None:
+        self.proto.pauseReading(self.reason)
+
+    def resumeProducing(self) -> None:
+        self.proto.resumeReading(self.reason)
+
+    def stopProducing(self) -> None:
+        self.proto.resumeReading(self.reason)
+
+
+class _Exchange:
+    """
+    One attempt of one request on one backend: connecting, sending, and the
+    L{txlb.protocols.upstream.IExchange} that receives the response.
+
+    Every callback checks that it is still the request's current attempt, so
+    a late event from an abandoned attempt changes nothing.
+    """
+
+    def __init__(self, proto: HTTPProxyProtocol, request: ProxiedRequest,
+                 backend: Backend) -> None:
+        self.proto = proto
+        self.request = request
+        self.backend = backend
+        self.connection: UpstreamConnection | None = None
+        self.connecting: Any = None
+        self.started = proto.reactor.seconds()
+        self.responded = False
+        self.released = False
+
+    @property
+    def current(self) -> bool:
+        return self.request.exchange is self
+
+    def releaseBackend(self) -> None:
+        """
+        Count this attempt's request out of the backend, once.
+        """
+        if not self.released:
+            self.released = True
+            self.backend.release()
+
+    # IExchange
+
+    def informational(self, status: int, reason: bytes, headers: Any) -> None:
+        if self.current:
+            self.proto.informational(self.request, status, reason, headers)
+
+    def responseStarted(self, version: tuple[int, int], status: int, reason: bytes,
+                        headers: list[tuple[bytes, bytes]],
+                        framing: ResponseFraming) -> None:
+        if self.current:
+            self.responded = True
+            self.proto.responseStarted(self, status, reason, headers, framing)
+
+    def responseBody(self, data: bytes) -> None:
+        if self.current:
+            self.proto.responseBody(self.request, data)
+
+    def responseComplete(self) -> None:
+        if self.current:
+            self.proto.responseComplete(self)
+
+    def responseFailed(self, reason: Failure, started: bool) -> None:
+        if self.current:
+            self.proto.responseFailed(self, reason, started)
+
+    def upgraded(self, connection: UpstreamConnection, extra: bytes) -> None:
+        if self.current:
+            self.proto.upgraded(self, connection, extra)
+
+
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection of an L7 listener.
+    """
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[ProxiedRequest] = collections.deque()
+        self.parsing: ProxiedRequest | None = None
+        self.parser: Any = None
+        self.pauses: set[str] = set()
+        self.timer: Any = None
+        self.closing = False
+        self.ignoreInput = False
+        self.admitted = False
+        self.tunnel: UpstreamConnection | None = None
+        self.peer = ""
+        self.bodyHeld = 0
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def reactor(self) -> Any:
+        return self.factory.reactor
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        if not factory.limit.acquire():
+            self.closing = True
+            self.transport.write(_errorResponse(503, "over the connection limit", True))
+            self.transport.loseConnection()
+            return
+        self.admitted = True
+        factory.openConnections.add(self)
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "") or ""
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None and getattr(peer, "port", None) is not None:
+            setNoDelay(True)
+        self.parser = httptools.HttpRequestParser(self)
+        self.startTimer(factory.settings.headerTimeout, self.headerTimedOut)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.closing = True
+        self.cancelTimer()
+        for request in self.queue:
+            self.abandon(request)
+        self.queue.clear()
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.abort()
+        if self.admitted:
+            self.admitted = False
+            self.factory.openConnections.discard(self)
+            self.factory.limit.release()
+
+    def abandon(self, request: ProxiedRequest) -> None:
+        """
+        Stop working on C{request}: cancel its attempt, count it out.
+        """
+        exchange, request.exchange = request.exchange, None
+        if exchange is not None:
+            self.endAttempt(exchange, request)
+            if exchange.connecting is not None:
+                exchange.connecting.cancel()
+            if exchange.connection is not None:
+                exchange.connection.abort()
+        self.uncount(request)
+
+    def endAttempt(self, exchange: _Exchange, request: ProxiedRequest) -> None:
+        """
+        The bookkeeping of an attempt that is over, whatever its outcome.
+        """
+        exchange.releaseBackend()
+        if request.retrying:
+            request.retrying = False
+            request.l7pool.budget.retries -= 1
+
+    def uncount(self, request: ProxiedRequest) -> None:
+        """
+        C{request} is no longer in flight for its pool's retry budget.
+        """
+        if request.counted:
+            request.counted = False
+            request.l7pool.budget.requests -= 1
+
+    # ---------------------------------------------------------------- timers
+
+    def startTimer(self, seconds: float | None, callback: Callable[[], None]) -> None:
+        self.cancelTimer()
+        if seconds is not None:
+            self.timer = self.reactor.callLater(seconds, callback)
+
+    def cancelTimer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def headerTimedOut(self) -> None:
+        """
+        The request head did not arrive in time: 408 (when nothing else is
+        being answered) and close.
+        """
+        self.timer = None
+        if self.queue:
+            # An earlier request is still being answered; this one is late.
+            self.transport.abortConnection()
+            return
+        self.closing = True
+        self.factory.counters["header_timeout"] += 1
+        self.transport.write(_errorResponse(408, "request header timeout", True))
+        self.transport.loseConnection()
+
+    def idleTimedOut(self) -> None:
+        """
+        A kept-alive connection waited too long for its next request.
+        """
+        self.timer = None
+        self.closing = True
+        self.transport.loseConnection()
+
+    # ------------------------------------------------------- flow control
+
+    def pauseReading(self, reason: str) -> None:
+        """
+        Stop reading from the client for C{reason}.
+        """
+        if not self.pauses:
+            self.transport.pauseProducing()
+        self.pauses.add(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        """
+        C{reason} no longer holds reading back.
+        """
+        if reason in self.pauses:
+            self.pauses.discard(reason)
+            if not self.pauses and not self.closing:
+                self.transport.resumeProducing()
+
+    # ---------------------------------------------------------------- input
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.closing or self.ignoreInput:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.upgradeData(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            reject = e.__context__
+            if isinstance(reject, _Reject):
+                self.rejectParsing(reject.status, reject.reason)
+            else:
+                self._log.failure(
+                    "internal error parsing a request from {peer}",
+                    failure=Failure(reject) if reject is not None else None,
+                    peer=self.peer,
+                )
+                self.rejectParsing(500, "internal error")
+        except httptools.HttpParserInvalidMethodError:
+            self.rejectParsing(400, "invalid method")
+        except httptools.HttpParserInvalidURLError:
+            self.rejectParsing(400, "invalid request target")
+        except httptools.HttpParserError as e:
+            self.rejectParsing(400, _parserReason(e))
+
+    def rejectParsing(self, status: int, reason: str) -> None:
+        """
+        The request being parsed is refused: once the requests before it
+        are answered, answer C{status} and close.  Nothing more is read.
+        """
+        request = self.parsing or ProxiedRequest()
+        self.parsing = None
+        request.error = _Reject(status, reason)
+        self.factory.counters["rejected"] += 1
+        self.ignoreInput = True
+        self.pauseReading("rejected")
+        if request.framing is None:
+            # Refused in its head: not queued yet.
+            if not self.queue:
+                self.cancelTimer()
+            self.queue.append(request)
+            if len(self.queue) == 1:
+                self.dispatch()
+            return
+        # Refused in its body (too large): it is queued, maybe in flight.
+        if self.queue and self.queue[0] is request:
+            if request.headSent:
+                self.closing = True
+                self.transport.abortConnection()
+                return
+            self.abandon(request)
+            self.answerError(request, status, reason, True)
+
+    def upgradeData(self, data: bytes) -> None:
+        """
+        Bytes after an upgrade request: held for the tunnel if the backend
+        agrees, or, when txlb does not tunnel this upgrade, parsed as HTTP.
+        """
+        last = self.queue[-1] if self.queue else None
+        if last is not None and last.framing is not None and last.framing.upgrade:
+            if data:
+                last.upgradeData.append(data)
+            # Nothing after this request is HTTP until the backend answers.
+            self.pauseReading("upgrade")
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if data:
+            self.dataReceived(data)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        request = ProxiedRequest(started=self.reactor.seconds())
+        self.parsing = request
+        if not self.queue:
+            self.startTimer(self.factory.settings.headerTimeout, self.headerTimedOut)
+
+    def on_url(self, url: bytes) -> None:
+        request = self.parsing
+        request.target += url
+        request.headerSize += len(url)
+        if len(request.target) > self.factory.settings.maxTargetLength:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.parsing
+        request.headerSize += len(name) + len(value) + 4
+        if request.headerSize > self.factory.settings.maxHeaderSize:
+            raise _Reject(431, "request header block too large")
+        request.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        parser = self.parser
+        if not self.queue:
+            self.cancelTimer()
+        version = parser.get_http_version()
+        request.version = (1, 1) if version == "1.1" else (1, 0) if version == "1.0" else (0, 0)
+        if request.version == (0, 0):
+            raise _Reject(505, "unsupported HTTP version")
+        request.method = parser.get_method()
+        if request.method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported")
+        try:
+            framing = validateRequestHeaders(request.version, request.headers)
+        except HeaderError as e:
+            raise _Reject(e.status, e.reason) from None
+        target = request.target
+        if not target.startswith(b"/"):
+            if target == b"*" and request.method == b"OPTIONS":
+                pass
+            else:
+                target, host = _originForm(target)
+                request.target = target
+                if host is not None:
+                    framing = attrs.evolve(framing, host=host)
+        maxBody = self.factory.settings.maxBodySize
+        if maxBody is not None and (framing.contentLength or 0) > maxBody:
+            raise _Reject(413, "request body too large")
+        request.framing = framing
+        factory = self.factory
+        request.l7pool = factory.pools[
+            factory.router.route(framing.host, request.target, request.headers)
+        ]
+        request.l7pool.budget.requests += 1
+        request.counted = True
+        if framing.body is Body.NONE:
+            request.bodyDone = True
+        self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINE:
+            self.pauseReading("pipeline")
+        if len(self.queue) == 1:
+            self.dispatch()
+
+    def on_body(self, data: bytes) -> None:
+        request = self.parsing
+        request.bodyReceived += len(data)
+        maxBody = self.factory.settings.maxBodySize
+        if maxBody is not None and request.bodyReceived > maxBody:
+            raise _Reject(413, "request body too large")
+        exchange = request.exchange
+        if exchange is not None and exchange.connection is not None and not request.body:
+            exchange.connection.writeBody(_frameBody(request, data))
+            request.bodySent = True
+            return
+        request.body.append(data)
+        request.bodyBuffered += len(data)
+        self.bodyHeld += len(data)
+        if self.bodyHeld > BODY_HIGH_WATER:
+            self.pauseReading("body")
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        self.parsing = None
+        request.bodyDone = True
+        exchange = request.exchange
+        if exchange is not None and exchange.connection is not None and not request.body:
+            self.finishRequestBody(request, exchange.connection)
+
+    # --------------------------------------------------------------- routing
+
+    def dispatch(self) -> None:
+        """
+        Start answering the request at the head of the queue.
+        """
+        if not self.queue:
+            return
+        request = self.queue[0]
+        if request.error is not None:
+            self.answerError(request, request.error.status, request.error.reason, True)
+            return
+        self.tryBackend(request)
+
+    def tryBackend(self, request: ProxiedRequest) -> None:
+        """
+        Pick a backend for C{request} (not one already tried) and connect.
+        """
+        l7pool = request.l7pool
+        assert l7pool is not None
+        pool = l7pool.pool
+        backend = None
+        if l7pool.stickyCookie is not None and not request.tried:
+            token = _cookie(request.headers, l7pool.stickyCookie)
+            if token is not None:
+                backend = l7pool.stickyBackend(token)
+                request.stickyHit = backend is not None
+        if backend is None:
+            backend = pool.pick(
+                clientAddress=self.transport.getPeer(),
+                request=request,
+                hashKey=_hashKey(l7pool.hashKey, request, self.peer),
+                exclude=request.tried,
+            )
+        if backend is None:
+            self.factory.counters["no_backend"] += 1
+            self.answerError(request, 503, "no backend available",
+                             not request.bodyDone)
+            return
+        request.attempts += 1
+        request.tried.append(backend)
+        request.backend = backend
+        backend.acquire()
+        exchange = _Exchange(self, request, backend)
+        request.exchange = exchange
+        d = l7pool.upstreams.connect(backend)
+        exchange.connecting = d
+        d.addCallbacks(self.connected, self.connectFailed,
+                       callbackArgs=(exchange,), errbackArgs=(exchange,))
+
+    def connected(self, connection: UpstreamConnection, exchange: _Exchange) -> None:
+        exchange.connecting = None
+        request = exchange.request
+        if not exchange.current:
+            connection.abort()
+            return
+        exchange.connection = connection
+        framing = request.framing
+        assert framing is not None and request.l7pool is not None
+        sendFraming = framing
+        if framing.expectContinue:
+            # txlb answers the expectation itself once a backend is ready,
+            # so that a refused request never had its body sent.
+            sendFraming = attrs.evolve(framing, expectContinue=False)
+            if not request.bodyDone and not request.body:
+                self.transport.write(_CONTINUE)
+        policy = request.l7pool.policy
+        headers = forwardRequestHeaders(
+            request.headers,
+            sendFraming,
+            policy,
+            ClientInfo(
+                peer=self.peer,
+                scheme=self.factory.settings.scheme,
+                requestId=self.factory.newRequestId(),
+            ),
+        )
+        head = _requestHead(request.method, request.target, headers)
+        connection.sendRequest(head, request.method, exchange,
+                               request.l7pool.retry.perTryTimeout)
+        if request.body:
+            for chunk in request.body:
+                connection.writeBody(_frameBody(request, chunk))
+            self.bodyHeld -= request.bodyBuffered
+            request.body.clear()
+            request.bodyBuffered = 0
+            request.bodySent = True
+            if self.bodyHeld <= BODY_HIGH_WATER:
+                self.resumeReading("body")
+        if request.bodyDone:
+            self.finishRequestBody(request, connection)
+        else:
+            connection.transport.registerProducer(_ReadPause(self, "backend"), True)
+
+    def finishRequestBody(self, request: ProxiedRequest,
+                          connection: UpstreamConnection) -> None:
+        """
+        The whole request was read from the client: end it on the backend.
+        """
+        if request.framing is not None and request.framing.chunked:
+            connection.writeBody(b"0\r\n\r\n")
+        if connection.transport is not None and getattr(
+            connection.transport, "producer", None
+        ) is not None:
+            connection.transport.unregisterProducer()
+        self.resumeReading("backend")
+        connection.finishRequest()
+
+    def connectFailed(self, reason: Failure, exchange: _Exchange) -> None:
+        exchange.connecting = None
+        if not exchange.current:
+            return
+        request = exchange.request
+        backend = exchange.backend
+        why = _describe(reason)
+        backend.recordFailure(why)
+        self.endAttempt(exchange, request)
+        self._log.warn(
+            "backend {backend} of pool {pool}: connect failed: {why}",
+            backend=backend.name, pool=request.l7pool.pool.name, why=why,
+        )
+        # Nothing was sent: another backend may always be tried.
+        if request.attempts < request.l7pool.retry.attempts and self.withinDeadline(request):
+            request.exchange = None
+            self.tryBackend(request)
+            return
+        request.exchange = None
+        self.answerError(request, 502, "backend connection failed", not request.bodyDone)
+
+    def withinDeadline(self, request: ProxiedRequest) -> bool:
+        """
+        Is there time left for another try?
+        """
+        timeout = request.l7pool.retry.timeout
+        return timeout is None or self.reactor.seconds() - request.started < timeout
+
+    # ------------------------------------------------------------- response
+
+    def informational(self, request: ProxiedRequest, status: int, reason: bytes,
+                      headers: Any) -> None:
+        """
+        A 1xx from the backend: passed to HTTP/1.1 clients, except a 100
+        Continue txlb already sent.
+        """
+        if request.version < (1, 1):
+            return
+        if status == 100 and request.framing is not None and request.framing.expectContinue:
+            return
+        self.transport.write(_statusHead(status, reason, headers))
+
+    def responseStarted(self, exchange: _Exchange, status: int, reason: bytes,
+                        headers: list[tuple[bytes, bytes]],
+                        framing: ResponseFraming) -> None:
+        request = exchange.request
+        l7pool = request.l7pool
+        framing_ = request.framing
+        keepAlive = (
+            framing_ is not None
+            and framing_.keepAlive
+            and not self.closing
+            and not self.ignoreInput
+            and not self.factory.stopping
+            and request.bodyDone
+            # A declined upgrade leaves bytes of unknown meaning behind it.
+            and not (framing_.upgrade and status != 101)
+        )
+        if status == 101 and not (framing_ and framing_.upgrade):
+            self.responseFailed(exchange, Failure(_BadUpgrade()), True)
+            return
+        out = forwardResponseHeaders(
+            headers, framing, l7pool.policy, exchange.backend.name, keepAlive,
+            request.version,
+        )
+        if l7pool.stickyCookie is not None and not request.stickyHit and status != 101:
+            out.append((
+                b"Set-Cookie",
+                l7pool.stickyCookie + b"=" + l7pool.stickyToken(exchange.backend)
+                + b"; Path=/; HttpOnly; SameSite=Lax",
+            ))
+        request.status = status
+        request.headSent = True
+        request.plan = planResponse(framing, keepAlive, request.version)
+        head = _statusHead(status, reason, out)
+        request.bytesOut += len(head)
+        self.transport.write(head)
+        if status != 101 and exchange.connection is not None:
+            self.transport.registerProducer(exchange.connection, True)
+
+    def responseBody(self, request: ProxiedRequest, data: bytes) -> None:
+        if request.plan.body is Body.CHUNKED:
+            if not data:
+                return
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            request.bytesOut += len(data) + 8
+        else:
+            self.transport.write(data)
+            request.bytesOut += len(data)
+
+    def responseComplete(self, exchange: _Exchange) -> None:
+        request = exchange.request
+        if request.plan.body is Body.CHUNKED:
+            self.transport.write(b"0\r\n\r\n")
+            request.bytesOut += 5
+        self.unregisterResponseProducer()
+        elapsed = self.reactor.seconds() - exchange.started
+        l7pool = request.l7pool
+        l7pool.pool.observeLatency(exchange.backend, elapsed)
+        exchange.backend.recordResponse(request.status, elapsed)
+        request.exchange = None
+        self.endAttempt(exchange, request)
+        self.finished(request, close=request.plan.close)
+
+    def unregisterResponseProducer(self) -> None:
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+
+    def responseFailed(self, exchange: _Exchange, reason: Failure, started: bool) -> None:
+        request = exchange.request
+        backend = exchange.backend
+        request.exchange = None
+        self.endAttempt(exchange, request)
+        if exchange.connection is not None:
+            exchange.connection.abort()
+        why = _describe(reason)
+        timedOut = reason.check(ResponseTimeout) is not None
+        backend.recordFailure(why)
+        backend.recordResponse(0, self.reactor.seconds() - exchange.started)
+        self._log.warn(
+            "backend {backend} of pool {pool}: {method} failed: {why}",
+            backend=backend.name, pool=request.l7pool.pool.name,
+            method=request.method.decode("ascii", "replace"), why=why,
+        )
+        if request.headSent:
+            # Never pass a truncated response off as complete.
+            self.unregisterResponseProducer()
+            self.queue.popleft()
+            self.uncount(request)
+            self.logRequest(request)
+            self.closing = True
+            self.transport.abortConnection()
+            return
+        l7pool = request.l7pool
+        if (
+            not started
+            and not timedOut
+            and request.method in IDEMPOTENT
+            and not request.bodySent
+            and request.attempts < l7pool.retry.attempts
+            and self.withinDeadline(request)
+            and l7pool.budget.allowRetry()
+        ):
+            l7pool.budget.retries += 1
+            request.retrying = True
+            self.factory.counters["retries"] += 1
+            self.tryBackend(request)
+            return
+        if timedOut:
+            self.answerError(request, 504, "backend response timeout", not request.bodyDone)
+        else:
+            self.answerError(request, 502, "bad gateway", not request.bodyDone)
+
+    def upgraded(self, exchange: _Exchange, connection: UpstreamConnection,
+                 extra: bytes) -> None:
+        """
+        The backend switched protocols: the connection is a byte tunnel now.
+        """
+        request = exchange.request
+        self.queue.popleft()
+        self.uncount(request)
+        self.logRequest(request)
+        self.cancelTimer()
+        self.tunnel = connection
+        connection.tunnelTo(self.transport)
+        self.transport.registerProducer(connection, True)
+        connection.transport.registerProducer(self.transport, True)
+        if extra:
+            self.transport.write(extra)
+        for data in request.upgradeData:
+            connection.transport.write(data)
+        request.upgradeData.clear()
+        self.pauses.clear()
+        self.transport.resumeProducing()
+
+    # ------------------------------------------------------------ finishing
+
+    def answerError(self, request: ProxiedRequest, status: int, reason: str,
+                    close: bool) -> None:
+        """
+        Answer C{request} from txlb itself.  When its body was not all read,
+        close after, so that leftover bytes are never read as a request.
+        """
+        request.status = status
+        keepAlive = (
+            not close
+            and request.framing is not None
+            and request.framing.keepAlive
+            and not self.closing
+            and not self.ignoreInput
+            and not self.factory.stopping
+        )
+        response = _errorResponse(status, reason, not keepAlive)
+        request.bytesOut += len(response)
+        self.transport.write(response)
+        self.finished(request, close=not keepAlive)
+
+    def finished(self, request: ProxiedRequest, close: bool) -> None:
+        """
+        C{request} is answered: log it, and go on with the next or close.
+        """
+        if self.queue and self.queue[0] is request:
+            self.queue.popleft()
+        self.uncount(request)
+        self.logRequest(request)
+        if close or self.closing:
+            self.closing = True
+            self.cancelTimer()
+            for pending in self.queue:
+                self.abandon(pending)
+            self.queue.clear()
+            self.transport.loseConnection()
+            return
+        if len(self.queue) <= MAX_PIPELINE:
+            self.resumeReading("pipeline")
+        if self.queue:
+            self.dispatch()
+        elif self.parsing is not None:
+            # The next request's head is arriving: it gets what is left of
+            # its header deadline.
+            timeout = self.factory.settings.headerTimeout
+            if timeout is not None:
+                timeout = max(0.0, timeout - (self.reactor.seconds() - self.parsing.started))
+            self.startTimer(timeout, self.headerTimedOut)
+        else:
+            self.startTimer(self.factory.settings.idleTimeout, self.idleTimedOut)
+
+    def logRequest(self, request: ProxiedRequest) -> None:
+        """
+        Count the request and write its access-log record.
+        """
+        counters = self.factory.counters
+        counters["requests"] += 1
+        log = self.factory.accessLog
+        if log is None:
+            return
+        now = self.reactor.seconds()
+        log({
+            "time": round(time.time(), 3),
+            "client": self.peer,
+            "method": request.method.decode("latin-1"),
+            "target": request.target.decode("latin-1"),
+            "status": request.status,
+            "bytes_in": request.bodyReceived,
+            "bytes_out": request.bytesOut,
+            "pool": request.l7pool.pool.name if request.l7pool else None,
+            "backend": request.backend.name if request.backend else None,
+            "attempts": request.attempts,
+            "duration": round(now - request.started, 6) if request.started else 0.0,
+        })
+
+
+class _BadUpgrade(Exception):
+    """
+    A backend answered 101 to a request that did not ask to upgrade.
+    """
+
+    def __str__(self) -> str:
+        return "101 Switching Protocols to a request that did not upgrade"
+
+
+class HTTPProxyFactory(ServerFactory):
+    """
+    Builds L{HTTPProxyProtocol}s for one L7 listener.
+
+    @ivar pools: L{L7Pool} by pool name.
+    @ivar router: chooses a pool for each request.
+    @ivar counters: request counters by name (requests, rejected,
+        no_backend, retries, header_timeout).
+    @ivar stopping: set while shutting down: responses carry
+        C{Connection: close}.
+    """
+
+    protocol = HTTPProxyProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        *,
+        pools: Mapping[str, L7Pool],
+        router: Router,
+        reactor: Any,
+        settings: HTTPSettings = HTTPSettings(),
+        maxConnections: int | None = None,
+        listenerName: str = "default",
+        accessLog: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.pools = dict(pools)
+        self.router = router
+        self.reactor = reactor
+        self.settings = settings
+        self.limit = ConnectionLimit(maxConnections)
+        self.listenerName = listenerName
+        self.accessLog = accessLog
+        self.stopping = False
+        self.openConnections: set[HTTPProxyProtocol] = set()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        self._idPrefix = os.urandom(6).hex().encode("ascii")
+
+    def newRequestId(self) -> bytes:
+        """
+        A request id unique to this process's lifetime (random prefix, then
+        a counter).
+        """
+        return b"%s-%x" % (self._idPrefix, next(self._ids))
+
+    @property
+    def activeCount(self) -> int:
+        """
+        Client connections open now.
+        """
+        return self.limit.active
+
+    def drained(self) -> Any:
+        """
+        A Deferred that fires when no client connection is open.
+        """
+        return self.limit.drained()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _errorResponse(status: int, reason: str, close: bool) -> bytes:
+    body = f"{status} {_REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+def _statusHead(status: int, reason: bytes, headers: Any) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _requestHead(method: bytes, target: bytes, headers: Any) -> bytes:
+    parts = [method + b" " + target + b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _frameBody(request: ProxiedRequest, data: bytes) -> bytes:
+    if request.framing is not None and request.framing.chunked:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+    return data
+
+
+def _originForm(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    Split an absolute-form target into its origin form and host.
+
+    @raise _Reject: not an http(s) absolute URI.
+    """
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = target[7:]
+    elif lowered.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise _Reject(400, "invalid request target")
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    host, path = rest[:cut], rest[cut:]
+    if not host or b"@" in host:
+        raise _Reject(400, "invalid request target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, host
+
+
+def _cookie(headers: Any, name: bytes) -> bytes | None:
+    """
+    The value of cookie C{name} in the request's Cookie headers.
+    """
+    for hname, value in headers:
+        if hname.lower() != b"cookie":
+            continue
+        for part in value.split(b";"):
+            key, sep, val = part.strip().partition(b"=")
+            if sep and key == name:
+                return val.strip(b'"')
+    return None
+
+
+def _hashKey(spec: tuple[str, bytes | None] | None, request: ProxiedRequest,
+             peer: str) -> bytes | None:
+    """
+    The affinity key for hashing strategies, by the pool's C{hash_key}.
+    """
+    if spec is None:
+        return None
+    kind, name = spec
+    if kind == "path":
+        return request.target.split(b"?", 1)[0]
+    if kind == "header":
+        assert name is not None
+        for hname, value in request.headers:
+            if hname.lower() == name:
+                return value
+        return None
+    if kind == "cookie":
+        assert name is not None
+        return _cookie(request.headers, name)
+    return peer.encode("ascii", "replace")
+
+
+def _describe(reason: Failure) -> str:
+    value = reason.value
+    text = str(value)
+    return text if text else type(value).__name__
+
+
+def _parserReason(e: Exception) -> str:
+    text = str(e).strip()
+    if text.startswith("HPE_") or not text:
+        return "malformed request"
+    return "malformed request: " + text.split(".")[0][:80]
