@@ -23,6 +23,10 @@ builds a protocol that, in order:
 Every backend connection attempt is counted on its backend with
 L{Backend.acquire} when it starts and L{Backend.release} exactly once when it
 fails or its connection ends, whatever order the events arrive in.
+
+The client leg and the listener's factory are here; the backend leg (the
+connect attempt and the protocol of the backend connection) is in
+L{txlb.protocols._backendleg}, which never imports this module.
 """
 
 from __future__ import annotations
@@ -31,44 +35,34 @@ import enum
 from typing import Any, Callable
 
 from twisted.internet import error
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
-    ISSLTransport,
     IStreamClientEndpoint,
-    ITransport,
 )
-from twisted.internet.protocol import (
-    Factory,
-    Protocol,
-    ServerFactory,
-    connectionDone,
-)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txlb.limits import ConnectionLimit
 from txlb.pool import Backend, Pool
-
-# The most bytes held for one connection while its other side is not there
-# yet.  A transport that honours pauseProducing delivers none; a wrapper (the
-# PROXY protocol parser, TLS) may deliver what it had already read.
-EARLY_DATA_LIMIT = 64 * 1024
-
-# Connect failures that are the network's doing: logged as one line, no
-# traceback.  Anything else is a bug or a bad endpoint and gets a traceback.
-_NETWORK_ERRORS = (
-    error.ConnectError,
-    error.ConnectingCancelledError,
-    error.DNSLookupError,
-    error.ConnectionClosed,
-    CancelledError,
-    OSError,
+from txlb.protocols._backendleg import (
+    _NETWORK_ERRORS,
+    EARLY_DATA_LIMIT,
+    _abort,
+    _Attempt,
+    _AttemptState,
+    _BackendFactory,
+    _BackendProtocol,
+    _halfClose,
+    _setNoDelay,
+    _timedOut,
 )
+
+__all__ = ["EARLY_DATA_LIMIT", "TCPRelayFactory", "backendEndpoint"]
 
 
 def backendEndpoint(reactor: Any, backend: Backend) -> IStreamClientEndpoint:
@@ -96,57 +90,6 @@ def _describe(address: IAddress | None) -> str:
     return f"{host}:{port}"
 
 
-def _setNoDelay(transport: ITransport) -> None:
-    """
-    Turn on C{TCP_NODELAY} when C{transport} runs over TCP.
-
-    A relay forwards what it reads at once; Nagle's algorithm would hold
-    small writes back for an ACK.  UNIX sockets have no such option (and
-    Twisted logs an error when asked to set it), hence the address check.
-    """
-    setNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setNoDelay is not None and isinstance(
-        transport.getHost(), (IPv4Address, IPv6Address)
-    ):
-        setNoDelay(True)
-
-
-def _halfClose(transport: Any) -> None:
-    """
-    Shut the write side of C{transport}; close it whole when it cannot.
-
-    Twisted's TLS transport cannot shut one direction (and would pass
-    C{loseWriteConnection} through to the TCP transport below it, cutting
-    the TLS stream short), so a TLS leg is closed whole after its data.
-    """
-    loseWrite = getattr(transport, "loseWriteConnection", None)
-    if loseWrite is None or ISSLTransport.providedBy(transport):
-        transport.loseConnection()
-    else:
-        loseWrite()
-
-
-def _abort(transport: Any) -> None:
-    """
-    Close C{transport} now, dropping whatever it has buffered.
-    """
-    abort = getattr(transport, "abortConnection", None)
-    if abort is None:
-        transport.loseConnection()
-    else:
-        abort()
-
-
-def _timedOut(result: object, timeout: float) -> object:
-    """
-    Turn the outcome of a connect attempt cancelled by its timeout into an
-    L{error.TimeoutError}, whatever failure the endpoint's canceller gave.
-    """
-    if isinstance(result, Failure):
-        raise error.TimeoutError(string=f"no connection within {timeout} seconds")
-    return result
-
-
 class _State(enum.Enum):
     """
     Where one relayed client connection is.
@@ -165,177 +108,6 @@ class _State(enum.Enum):
     relaying = "relaying"
     closing = "closing"
     closed = "closed"
-
-
-class _AttemptState(enum.Enum):
-    """
-    Where one backend connection attempt is.
-
-    @cvar connecting: the endpoint has not reported yet.
-    @cvar connected: its connection was taken on by the relay.
-    @cvar ended: it failed, or its connection was lost; it was released.
-    """
-
-    connecting = "connecting"
-    connected = "connected"
-    ended = "ended"
-
-
-class _Attempt:
-    """
-    One connection attempt to one backend for one client connection.  It
-    owns the backend's C{acquire}/C{release} pair: acquired when made,
-    released when it ends.
-
-    @ivar backend: the L{Backend} being connected to.
-    @ivar started: C{reactor.seconds()} when the attempt started.
-    @ivar state: an L{_AttemptState}.
-    @ivar deferred: the endpoint's L{Deferred}, under the connect timeout.
-    @ivar protocol: the L{_BackendProtocol} taken on by the relay, or C{None}.
-    @ivar built: every L{_BackendProtocol} the endpoint built for it.
-    """
-
-    def __init__(self, backend: Backend, started: float) -> None:
-        self.backend = backend
-        self.started = started
-        self.state = _AttemptState.connecting
-        self.deferred: Deferred[Any] | None = None
-        self.protocol: _BackendProtocol | None = None
-        self.built: list[_BackendProtocol] = []
-        backend.acquire()
-
-    def adopt(self, protocol: _BackendProtocol) -> None:
-        """
-        The endpoint reported C{protocol} connected, and the relay takes it.
-        """
-        self.state = _AttemptState.connected
-        self.protocol = protocol
-
-    def end(self) -> None:
-        """
-        The attempt failed or its connection ended: release the backend, and
-        abort any other connection the endpoint made for it.
-
-        @raise RuntimeError: it had already ended.
-        """
-        if self.state is _AttemptState.ended:
-            raise RuntimeError(f"attempt to {self.backend.name} ended twice")
-        self.state = _AttemptState.ended
-        self.backend.release()
-        for stray in self.built:
-            if stray is not self.protocol and stray.connected and stray.lost is None:
-                _abort(stray.transport)
-
-
-class _BackendFactory(Factory):
-    """
-    Builds the backend-side protocol of one attempt for its endpoint.
-    """
-
-    noisy = False
-
-    def __init__(self, attempt: _Attempt) -> None:
-        self._attempt = attempt
-
-    def buildProtocol(self, addr: IAddress) -> _BackendProtocol:
-        """
-        Build a L{_BackendProtocol} for the attempt.
-        """
-        protocol = _BackendProtocol(self._attempt)
-        protocol.factory = self
-        self._attempt.built.append(protocol)
-        return protocol
-
-
-@implementer(IHalfCloseableProtocol)
-class _BackendProtocol(Protocol):
-    """
-    The backend leg of a relayed connection.
-
-    Until the relay takes it on (when the endpoint's L{Deferred} fires) it
-    holds what arrives, so that nothing reaches the client from a connection
-    the relay may still give up; after that it hands every event to the
-    relay.
-
-    @ivar lost: the reason its connection was lost before the relay took it
-        on, else C{None}.
-    @ivar readDone: the backend sent EOF before the relay took it on.
-    """
-
-    _log = Logger()
-
-    def __init__(self, attempt: _Attempt) -> None:
-        self._attempt = attempt
-        self._relay: _ClientProtocol | None = None
-        self._pending: list[bytes] = []
-        self._pendingLength = 0
-        self.readDone = False
-        self.lost: Failure | None = None
-
-    def connectionMade(self) -> None:
-        """
-        Abort a connection made after its attempt was given up (by an
-        endpoint that could not cancel): nobody wants it.
-        """
-        if self._attempt.state is _AttemptState.ended:
-            _abort(self.transport)
-
-    def attach(self, relay: _ClientProtocol) -> None:
-        """
-        Hand this leg to C{relay}, with what arrived before.
-        """
-        self._relay = relay
-        pending, self._pending = self._pending, []
-        self._pendingLength = 0
-        for data in pending:
-            relay._fromBackend(data)
-        if self.readDone:
-            relay._backendEOF()
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Pass backend bytes to the relay, or hold them until it is there.
-        """
-        relay = self._relay
-        if relay is not None:
-            relay._fromBackend(data)
-            return
-        self._pending.append(data)
-        self._pendingLength += len(data)
-        if self._pendingLength > EARLY_DATA_LIMIT:
-            self._log.warn(
-                "backend {backend} sent {count} bytes before its connection "
-                "was reported; closing it",
-                backend=self._attempt.backend.name,
-                count=self._pendingLength,
-            )
-            _abort(self.transport)
-
-    def readConnectionLost(self) -> None:
-        """
-        The backend will send no more: tell the relay, or remember it.
-        """
-        relay = self._relay
-        if relay is not None:
-            relay._backendEOF()
-        else:
-            self.readDone = True
-
-    def writeConnectionLost(self) -> None:
-        """
-        Our write side to the backend is shut; nothing more to do.
-        """
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """
-        Tell the relay this leg is gone, or remember it.
-        """
-        relay = self._relay
-        if relay is not None:
-            self._relay = None
-            relay._backendLost(self._attempt, reason)
-        else:
-            self.lost = reason
 
 
 @implementer(IHalfCloseableProtocol)

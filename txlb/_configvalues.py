@@ -1,0 +1,208 @@
+"""
+The values a configuration is made of: frozen attrs classes, the defaults
+and limits they are checked against, L{ConfigError}, and how a server's or a
+listener's address is spelled as a Twisted endpoint string.
+
+Import these from L{txlb.config}; this module exists so that
+L{txlb._configread} and L{txlb.config} can share them without importing each
+other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Any
+
+import attrs
+
+LAYERS = ("L4", "L7")
+HEALTH_CHECK_TYPES = ("tcp", "http")
+DEFAULT_PORT = 8080
+DEFAULT_ADDRESS = "0.0.0.0"
+DEFAULT_BACKLOG = 1024
+MAX_WEIGHT = 1000
+
+
+class ConfigError(Exception):
+    """
+    A configuration is invalid.
+
+    @ivar source: the file (or C{<command line>}) the value came from.
+    @ivar path: the key path, e.g. C{server[2].port}; empty for the file.
+    @ivar problem: what is wrong.
+    """
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.source}: {self.path}: {self.problem}"
+        return f"{self.source}: {self.problem}"
+
+
+@attrs.frozen
+class TimeoutsConfig:
+    """
+    Timeouts in seconds; C{None} disables one.
+
+    @ivar connect: to open a backend connection.
+    @ivar idle: an L4 connection (or idle L7 keep-alive) with no traffic.
+    @ivar response: L7, from request sent to response headers.
+    @ivar header: L7, for the client to send a whole request header block.
+    """
+
+    connect: float = 5.0
+    idle: float | None = 600.0
+    response: float | None = 60.0
+    header: float | None = 10.0
+
+
+@attrs.frozen
+class HealthCheckConfig:
+    """
+    Active health checking of one pool's servers.
+    """
+
+    type: str = "tcp"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    path: str = "/health"
+    host: str | None = None
+    expectedStatus: tuple[int, int] = (200, 399)
+    jitter: float = 0.1
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    One backend server.
+
+    @ivar name: identity for reloads, the API and metrics.
+    @ivar address: host, when given as address/port.
+    @ivar port: port, when given as address/port.
+    @ivar endpoint: the Twisted client endpoint string used to connect.
+    """
+
+    name: str
+    address: str | None
+    port: int | None
+    endpoint: str
+    weight: int = 1
+    maxConnections: int | None = None
+
+
+@attrs.frozen
+class PoolConfig:
+    """
+    A named set of servers behind one strategy.
+
+    @ivar algorithm: the strategy factory's declared name.
+    @ivar algorithmOptions: the C{algorithm_options} table as sorted pairs.
+    """
+
+    name: str
+    algorithm: str
+    servers: tuple[ServerConfig, ...]
+    algorithmOptions: tuple[tuple[str, Any], ...] = ()
+    healthCheck: HealthCheckConfig | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """
+        The C{algorithm_options} as a new C{dict}, for C{build(options)}.
+        """
+        return dict(self.algorithmOptions)
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    An L7 route: when every given condition matches, use C{pool}.
+    """
+
+    pool: str
+    host: str | None = None
+    pathPrefix: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One listening socket.
+
+    @ivar endpoint: the Twisted server endpoint string to listen on.
+    @ivar pool: the default pool's name.
+    @ivar maxConnections: listener-wide limit, C{None} for none.
+    """
+
+    name: str
+    endpoint: str
+    layer: str
+    pool: str
+    maxConnections: int | None = None
+    routes: tuple[RouteConfig, ...] = ()
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, validated configuration.
+    """
+
+    source: str
+    listeners: tuple[ListenerConfig, ...]
+    pools: tuple[PoolConfig, ...]
+
+    def pool(self, name: str) -> PoolConfig:
+        """
+        The pool called C{name}.
+
+        @raise KeyError: no such pool.
+        """
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _hostForEndpoint(host: str) -> tuple[str, str]:
+    """
+    The endpoint type and the escaped host for C{host}.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "tcp", host
+    if ip.version == 6:
+        return "tcp6", host.replace(":", "\\:")
+    return "tcp", host
+
+
+def clientEndpointString(host: str, port: int, timeout: float | None = None) -> str:
+    """
+    A Twisted client endpoint string for C{host}:C{port}.
+    """
+    # Twisted's tcp client takes IPv6 literals too (there is no tcp6 client
+    # type), and whole seconds only: round up, never cutting the timeout short.
+    escaped = host.replace(":", "\\:")
+    s = f"tcp:host={escaped}:port={port}"
+    if timeout is not None:
+        s += f":timeout={math.ceil(timeout)}"
+    return s
+
+
+def serverEndpointString(address: str, port: int, backlog: int) -> str:
+    """
+    A Twisted server endpoint string listening on C{address}:C{port}.
+    """
+    kind, escaped = _hostForEndpoint(address)
+    return f"{kind}:port={port}:interface={escaped}:backlog={backlog}"
