@@ -20,6 +20,12 @@ from typing import Any, Mapping, Sequence
 import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from txlb._configl7 import (
+    HTTP_LISTENER_KEYS,
+    L7_POOL_KEYS,
+    readHTTPListener,
+    readL7Pool,
+)
 from txlb._configvalues import (
     DEFAULT_ADDRESS,
     DEFAULT_BACKLOG,
@@ -195,16 +201,20 @@ _HEALTH_KEYS = (
 )
 _LISTENER_KEYS = (
     "address", "port", "endpoint", "layer", "pool", "max_connections", "backlog",
-    "routes",
+    "routes", *HTTP_LISTENER_KEYS,
 )
 _LB_KEYS = (
     "address", "port", "endpoint", "layer", "algorithm", "algorithm_options",
-    "max_connections", "backlog",
+    "max_connections", "backlog", "hash_key", "sticky_cookie", "host_rewrite",
+    *HTTP_LISTENER_KEYS,
 )
-_POOL_KEYS = ("algorithm", "algorithm_options", "health_check", "timeouts", "servers")
+_POOL_KEYS = (
+    "algorithm", "algorithm_options", "health_check", "timeouts", "servers", *L7_POOL_KEYS,
+)
 _ROUTE_KEYS = ("pool", "host", "path_prefix", "headers")
 _TOP_KEYS = (
     "load_balancer", "server", "listeners", "pools", "health_check", "timeouts",
+    "retries", "connection_pool",
 )
 
 
@@ -469,6 +479,8 @@ def _readSimple(
     layer = lb.string("layer", "L4", choices=LAYERS)
     maxConnections = lb.integer("max_connections", low=1)
     algorithm, options = _readAlgorithm(lb, registry)
+    http = readHTTPListener(lb, layer)
+    l7 = readL7Pool(lb, top.sub("retries"), top.sub("connection_pool"))
     lb.finish(_LB_KEYS)
     servers = _readServers(
         top.tables("server", "server"), top.source, "server", timeouts.connect
@@ -480,6 +492,7 @@ def _readSimple(
         servers=servers,
         healthCheck=health,
         timeouts=timeouts,
+        **l7,
     )
     listener = ListenerConfig(
         name="default",
@@ -487,6 +500,7 @@ def _readSimple(
         layer=layer,
         pool="default",
         maxConnections=maxConnections,
+        http=http,
     )
     return (listener,), (pool,)
 
@@ -496,6 +510,9 @@ def _readFull(
 ) -> tuple[tuple[ListenerConfig, ...], tuple[PoolConfig, ...]]:
     baseTimeouts = _readTimeouts(top.sub("timeouts"), TimeoutsConfig())
     baseHealth = _readHealthCheck(top.sub("health_check"), None)
+    baseL7 = readL7Pool(
+        _Reader(top.source, "", {}), top.sub("retries"), top.sub("connection_pool")
+    )
     poolsTable = top.sub("pools")
     if poolsTable is None or not poolsTable.table:
         raise top.error("pools", "at least one [pools.NAME] table is required")
@@ -509,6 +526,7 @@ def _readFull(
         algorithm, options = _readAlgorithm(p, registry)
         servers = _readServers(p.tables("servers"), top.source, p.path + ".servers",
                                timeouts.connect)
+        l7 = readL7Pool(p, p.sub("retries"), p.sub("connection_pool"), baseL7)
         p.finish(_POOL_KEYS)
         pools.append(
             PoolConfig(
@@ -518,6 +536,7 @@ def _readFull(
                 servers=servers,
                 healthCheck=health,
                 timeouts=timeouts,
+                **l7,
             )
         )
     poolNames = [p.name for p in pools]
@@ -538,6 +557,7 @@ def _readFull(
             pool = poolNames[0]
         maxConnections = lr.integer("max_connections", low=1)
         routes = _readRoutes(lr, layer)
+        http = readHTTPListener(lr, layer)
         lr.finish(_LISTENER_KEYS)
         for where, target in [("pool", pool)] + [
             (f"routes[{i}].pool", route.pool) for i, route in enumerate(routes, 1)
@@ -562,6 +582,7 @@ def _readFull(
                 pool=pool,
                 maxConnections=maxConnections,
                 routes=routes,
+                http=http,
             )
         )
     return tuple(listeners), tuple(pools)

@@ -99,6 +99,57 @@ class ServerConfig:
 
 
 @attrs.frozen
+class RetriesConfig:
+    """
+    When an L7 request may be tried on another backend.
+
+    @ivar attempts: tries in all, the first included.
+    @ivar budget: retries in flight may be at most this share of the pool's
+        requests in flight ...
+    @ivar minRetries: ... or this many, whichever is more.
+    @ivar timeout: seconds for a request across all its tries, or C{None}.
+    """
+
+    attempts: int = 3
+    budget: float = 0.2
+    minRetries: int = 3
+    timeout: float | None = None
+
+
+@attrs.frozen
+class ConnectionPoolConfig:
+    """
+    Persistent L7 connections to each backend of a pool.
+
+    @ivar maxIdle: idle connections kept per backend.
+    @ivar idleTimeout: seconds an idle connection is kept.
+    """
+
+    maxIdle: int = 32
+    idleTimeout: float = 4.0
+
+
+@attrs.frozen
+class HTTPConfig:
+    """
+    L7 settings of one listener.
+
+    @ivar trustedProxies: CIDR strings whose X-Forwarded-For is extended.
+    @ivar accessLog: a file path, C{"-"} for txlb's log, or C{None}.
+    """
+
+    maxHeaderSize: int = 65536
+    maxTargetLength: int = 8192
+    maxBodySize: int | None = None
+    keepaliveTimeout: float | None = 60.0
+    trustedProxies: tuple[str, ...] = ()
+    forwarded: bool = False
+    forwardedBy: str | None = None
+    backendHeader: bool = False
+    accessLog: str | None = None
+
+
+@attrs.frozen
 class PoolConfig:
     """
     A named set of servers behind one strategy.
@@ -113,6 +164,11 @@ class PoolConfig:
     algorithmOptions: tuple[tuple[str, Any], ...] = ()
     healthCheck: HealthCheckConfig | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    hashKey: str | None = None
+    stickyCookie: str | None = None
+    hostRewrite: str | None = None
+    retries: RetriesConfig = RetriesConfig()
+    connectionPool: ConnectionPoolConfig = ConnectionPoolConfig()
 
     @property
     def options(self) -> dict[str, Any]:
@@ -150,6 +206,7 @@ class ListenerConfig:
     pool: str
     maxConnections: int | None = None
     routes: tuple[RouteConfig, ...] = ()
+    http: HTTPConfig = HTTPConfig()
 
 
 @attrs.frozen

@@ -1011,14 +1011,18 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "bogus = 1\n" + SERVER,
-                    "bogus: unknown key; known keys here: health_check, "
-                    "listeners, load_balancer, pools, server, timeouts",
+                    "bogus: unknown key; known keys here: connection_pool, "
+                    "health_check, listeners, load_balancer, pools, retries, server, "
+                    "timeouts",
                 ),
                 (
                     "[load_balancer]\nzzz = 1\n" + SERVER,
-                    "load_balancer.zzz: unknown key; known keys here: address, "
-                    "algorithm, algorithm_options, backlog, endpoint, layer, "
-                    "max_connections, port",
+                    "load_balancer.zzz: unknown key; known keys here: access_log, "
+                    "address, algorithm, algorithm_options, backend_header, backlog, "
+                    "endpoint, forwarded, forwarded_by, hash_key, host_rewrite, "
+                    "keepalive_timeout, layer, max_body_size, max_connections, "
+                    "max_header_size, max_target_length, port, sticky_cookie, "
+                    "trusted_proxies",
                 ),
                 (
                     SERVER + "zzz = 1\n",
@@ -1027,13 +1031,17 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                 ),
                 (
                     LISTENER + "zzz = 1\n" + POOL,
-                    "listeners.web.zzz: unknown key; known keys here: address, "
-                    "backlog, endpoint, layer, max_connections, pool, port, routes",
+                    "listeners.web.zzz: unknown key; known keys here: access_log, "
+                    "address, backend_header, backlog, endpoint, forwarded, "
+                    "forwarded_by, keepalive_timeout, layer, max_body_size, "
+                    "max_connections, max_header_size, max_target_length, pool, port, "
+                    "routes, trusted_proxies",
                 ),
                 (
                     LISTENER + "[pools.app]\nzzz = 1\n" + APP_SERVER,
                     "pools.app.zzz: unknown key; known keys here: algorithm, "
-                    "algorithm_options, health_check, servers, timeouts",
+                    "algorithm_options, connection_pool, hash_key, health_check, "
+                    "host_rewrite, retries, servers, sticky_cookie, timeouts",
                 ),
                 (
                     "[health_check]\nzzz = 1\n" + SERVER,
@@ -1064,13 +1072,15 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "[admin]\nport = 9000\n" + SERVER,
-                    "admin: unknown key; known keys here: health_check, "
-                    "listeners, load_balancer, pools, server, timeouts",
+                    "admin: unknown key; known keys here: connection_pool, "
+                    "health_check, listeners, load_balancer, pools, retries, server, "
+                    "timeouts",
                 ),
                 (
                     "[rate_limit]\nrate = 5\n" + SERVER,
-                    "rate_limit: unknown key; known keys here: health_check, "
-                    "listeners, load_balancer, pools, server, timeouts",
+                    "rate_limit: unknown key; known keys here: connection_pool, "
+                    "health_check, listeners, load_balancer, pools, retries, server, "
+                    "timeouts",
                 ),
             ]
         )
