@@ -14,6 +14,7 @@ the L{TxlbService}.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import resource
 from typing import Any, Callable, Mapping
@@ -242,6 +243,8 @@ class TxlbService(MultiService):
         self.pools: dict[str, Pool] = {
             p.name: buildPool(p, reactor, registry, randomSource) for p in config.pools
         }
+        self.upstreams: dict[str, Any] = {}
+        self.budgets: dict[str, Any] = {}
         self.listeners = MultiService()
         self.listeners.setName("listeners")
         for listener in config.listeners:
@@ -266,9 +269,116 @@ class TxlbService(MultiService):
                 maxConnections=listener.maxConnections,
                 listenerName=listener.name,
             )
-        raise StartupError(
-            f"{self.config.source}: listener {listener.name}: layer {listener.layer} "
-            "is not available in this version of txlb (only L4)"
+        return self.buildHTTPFactory(listener)
+
+    def upstreamPool(self, poolName: str) -> Any:
+        """
+        The persistent backend connections of pool C{poolName}, shared by
+        every L7 listener that uses it.
+        """
+        upstream = self.upstreams.get(poolName)
+        if upstream is None:
+            from txlb.protocols.upstream import UpstreamPool
+
+            poolConfig = self.config.pool(poolName)
+            upstream = UpstreamPool(
+                self.reactor,
+                connectTimeout=poolConfig.timeouts.connect,
+                maxIdlePerBackend=poolConfig.connectionPool.maxIdle,
+                idleTimeout=poolConfig.connectionPool.idleTimeout,
+            )
+            self.upstreams[poolName] = upstream
+        return upstream
+
+    def buildHTTPFactory(self, listener: ListenerConfig) -> Any:
+        """
+        The L7 proxy factory serving C{listener}.
+
+        @raise StartupError: a route or setting cannot be used.
+        """
+        from txlb.accesslog import AccessLog
+        from txlb.limits import RetryBudget
+        from txlb.protocols.headers import ForwardingPolicy
+        from txlb.protocols.http import (
+            HTTPProxyFactory,
+            HTTPSettings,
+            L7Pool,
+            RetryPolicy,
+        )
+        from txlb.routing import Router
+
+        where = f"{self.config.source}: listener {listener.name}"
+        http = listener.http
+        try:
+            router = Router(listener.routes, listener.pool)
+        except ValueError as e:
+            raise StartupError(f"{where}: routes: {e}")
+        l7pools = {}
+        for name in {listener.pool, *(r.pool for r in listener.routes)}:
+            poolConfig = self.config.pool(name)
+            budget = self.budgets.get(name)
+            if budget is None:
+                budget = self.budgets[name] = RetryBudget(
+                    poolConfig.retries.budget, poolConfig.retries.minRetries
+                )
+            try:
+                policy = ForwardingPolicy(
+                    trustedProxies=[ipaddress.ip_network(n) for n in http.trustedProxies],
+                    forwarded=http.forwarded,
+                    forwardedBy=http.forwardedBy.encode("utf-8") if http.forwardedBy else None,
+                    backendHeader=http.backendHeader,
+                    hostRewrite=(
+                        poolConfig.hostRewrite.encode("ascii")
+                        if poolConfig.hostRewrite else None
+                    ),
+                )
+            except ValueError as e:
+                raise StartupError(f"{where}: pool {name}: {e}")
+            hashKey = None
+            if poolConfig.hashKey is not None:
+                kind, _, keyName = poolConfig.hashKey.partition(":")
+                hashKey = (kind, keyName.lower().encode("ascii") if keyName else None)
+                if kind == "cookie":
+                    hashKey = (kind, keyName.encode("ascii"))
+            l7pools[name] = L7Pool(
+                pool=self.pools[name],
+                upstreams=self.upstreamPool(name),
+                policy=policy,
+                retry=RetryPolicy(
+                    attempts=poolConfig.retries.attempts,
+                    perTryTimeout=poolConfig.timeouts.response,
+                    timeout=poolConfig.retries.timeout,
+                ),
+                budget=budget,
+                hashKey=hashKey,
+                stickyCookie=(
+                    poolConfig.stickyCookie.encode("ascii")
+                    if poolConfig.stickyCookie else None
+                ),
+            )
+        accessLog = None
+        if http.accessLog is not None:
+            try:
+                accessLog = AccessLog(http.accessLog)
+            except OSError as e:
+                raise StartupError(
+                    f"{where}: access_log: cannot open {http.accessLog}: {e.strerror or e}"
+                )
+        timeouts = self.config.pool(listener.pool).timeouts
+        return HTTPProxyFactory(
+            pools=l7pools,
+            router=router,
+            reactor=self.reactor,
+            settings=HTTPSettings(
+                maxHeaderSize=http.maxHeaderSize,
+                maxTargetLength=http.maxTargetLength,
+                maxBodySize=http.maxBodySize,
+                headerTimeout=timeouts.header,
+                idleTimeout=http.keepaliveTimeout,
+            ),
+            maxConnections=listener.maxConnections,
+            listenerName=listener.name,
+            accessLog=accessLog,
         )
 
     def privilegedStartService(self) -> None:
