@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from txlb.limits import ConnectionLimit, RetryBudget
 from txlb.pool import Backend, Pool
+from txlb.protocols.framing import _validHost
 from txlb.protocols.headers import (
     Body,
     ClientInfo,
@@ -163,6 +164,12 @@ class L7Pool:
         return None
 
 
+class _Closing(Exception):
+    """
+    Raised inside a parser callback to stop parsing once txlb is closing.
+    """
+
+
 class _Reject(Exception):
     """
     Raised inside a parser callback to refuse the request.
@@ -194,6 +201,7 @@ class ProxiedRequest:
     l7pool: L7Pool | None = None
     started: float = 0.0
     headerSize: int = 0
+    headerPending: int = 0
     error: _Reject | None = None
     body: collections.deque[bytes] = attrs.field(factory=collections.deque)
     bodyBuffered: int = 0
@@ -314,6 +322,12 @@ class HTTPProxyProtocol(Protocol):
         self.ignoreInput = False
         self.admitted = False
         self.tunnel: UpstreamConnection | None = None
+        # The exchange whose backend the tunnel counts on until it ends.
+        self.tunnelExchange: _Exchange | None = None
+        # The first head's deadline runs from connectionMade.
+        self.firstHead = True
+        # Some part of the head being parsed was reported during this read.
+        self.headProgress = False
         self.peer = ""
         self.bodyHeld = 0
 
@@ -349,6 +363,9 @@ class HTTPProxyProtocol(Protocol):
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.abort()
+        if self.tunnelExchange is not None:
+            exchange, self.tunnelExchange = self.tunnelExchange, None
+            exchange.releaseBackend()
         if self.admitted:
             self.admitted = False
             self.factory.openConnections.discard(self)
@@ -447,12 +464,21 @@ class HTTPProxyProtocol(Protocol):
             return
         if self.closing or self.ignoreInput:
             return
+        if "upgrade" in self.pauses:
+            # Until the backend answers the upgrade, the bytes are the
+            # tunnel's (a transport may deliver a read after a pause).
+            self.queue[-1].upgradeData.append(data)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self.upgradeData(data[e.args[0]:])
+            if not self.closing:
+                self.upgradeData(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             reject = e.__context__
+            if self.closing:
+                # txlb answered and closed while this read was parsed.
+                return
             if isinstance(reject, _Reject):
                 self.rejectParsing(reject.status, reject.reason)
             else:
@@ -462,12 +488,34 @@ class HTTPProxyProtocol(Protocol):
                     peer=self.peer,
                 )
                 self.rejectParsing(500, "internal error")
-        except httptools.HttpParserInvalidMethodError:
-            self.rejectParsing(400, "invalid method")
-        except httptools.HttpParserInvalidURLError:
-            self.rejectParsing(400, "invalid request target")
         except httptools.HttpParserError as e:
-            self.rejectParsing(400, _parserReason(e))
+            if self.closing:
+                return
+            if isinstance(e, httptools.HttpParserInvalidMethodError):
+                self.rejectParsing(400, "invalid method")
+            elif isinstance(e, httptools.HttpParserInvalidURLError):
+                self.rejectParsing(400, "invalid request target")
+            else:
+                self.rejectParsing(400, _parserReason(e))
+        else:
+            self.checkPendingHead(len(data))
+
+    def checkPendingHead(self, received: int) -> None:
+        """
+        Bound the part of a request head that httptools holds before
+        reporting it (a header line is reported only once it ends): a read
+        during which no part of the head was reported belongs to it whole.
+        """
+        request = self.parsing
+        if request is None or request.framing is not None or self.ignoreInput:
+            return
+        if self.headProgress:
+            self.headProgress = False
+            request.headerPending = 0
+            return
+        request.headerPending += received
+        if request.headerSize + request.headerPending > self.factory.settings.maxHeaderSize:
+            self.rejectParsing(431, "request header block too large")
 
     def rejectParsing(self, status: int, reason: str) -> None:
         """
@@ -516,12 +564,19 @@ class HTTPProxyProtocol(Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.closing:
+            raise _Closing()
         request = ProxiedRequest(started=self.reactor.seconds())
         self.parsing = request
-        if not self.queue:
+        self.headProgress = True
+        if self.firstHead:
+            # The deadline started at connectionMade runs on.
+            self.firstHead = False
+        elif not self.queue:
             self.startTimer(self.factory.settings.headerTimeout, self.headerTimedOut)
 
     def on_url(self, url: bytes) -> None:
+        self.headProgress = True
         request = self.parsing
         request.target += url
         request.headerSize += len(url)
@@ -529,6 +584,7 @@ class HTTPProxyProtocol(Protocol):
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.headProgress = True
         request = self.parsing
         request.headerSize += len(name) + len(value) + 4
         if request.headerSize > self.factory.settings.maxHeaderSize:
@@ -625,6 +681,7 @@ class HTTPProxyProtocol(Protocol):
         assert l7pool is not None
         pool = l7pool.pool
         backend = None
+        request.stickyHit = False
         if l7pool.stickyCookie is not None and not request.tried:
             token = _cookie(request.headers, l7pool.stickyCookie)
             if token is not None:
@@ -638,6 +695,13 @@ class HTTPProxyProtocol(Protocol):
                 exclude=request.tried,
             )
         if backend is None:
+            if request.retrying:
+                request.retrying = False
+                l7pool.budget.retries -= 1
+            if request.tried:
+                # Every usable backend was tried, and failed.
+                self.answerError(request, 502, "bad gateway", not request.bodyDone)
+                return
             self.factory.counters["no_backend"] += 1
             self.answerError(request, 503, "no backend available",
                              not request.bodyDone)
@@ -650,10 +714,11 @@ class HTTPProxyProtocol(Protocol):
         request.exchange = exchange
         d = l7pool.upstreams.connect(backend)
         exchange.connecting = d
-        d.addCallbacks(self.connected, self.connectFailed,
+        d.addCallbacks(self.backendConnected, self.connectFailed,
                        callbackArgs=(exchange,), errbackArgs=(exchange,))
 
-    def connected(self, connection: UpstreamConnection, exchange: _Exchange) -> None:
+    def backendConnected(self, connection: UpstreamConnection,
+                         exchange: _Exchange) -> None:
         exchange.connecting = None
         request = exchange.request
         if not exchange.current:
@@ -683,6 +748,10 @@ class HTTPProxyProtocol(Protocol):
         head = _requestHead(request.method, request.target, headers)
         connection.sendRequest(head, request.method, exchange,
                                request.l7pool.retry.perTryTimeout)
+        if not exchange.current:
+            # It failed inside sendRequest (a pooled connection found
+            # closed), and that was handled: maybe a retry is on its way.
+            return
         if request.body:
             for chunk in request.body:
                 connection.writeBody(_frameBody(request, chunk))
@@ -763,7 +832,6 @@ class HTTPProxyProtocol(Protocol):
             framing_ is not None
             and framing_.keepAlive
             and not self.closing
-            and not self.ignoreInput
             and not self.factory.stopping
             and request.bodyDone
             # A declined upgrade leaves bytes of unknown meaning behind it.
@@ -796,7 +864,7 @@ class HTTPProxyProtocol(Protocol):
             if not data:
                 return
             self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-            request.bytesOut += len(data) + 8
+            request.bytesOut += len(data) + len(b"%x" % len(data)) + 4
         else:
             self.transport.write(data)
             request.bytesOut += len(data)
@@ -813,6 +881,10 @@ class HTTPProxyProtocol(Protocol):
         exchange.backend.recordResponse(request.status, elapsed)
         request.exchange = None
         self.endAttempt(exchange, request)
+        if not request.bodyDone and exchange.connection is not None:
+            # The backend answered before the whole body was sent: the
+            # connection can neither be finished nor reused.
+            exchange.connection.abort()
         self.finished(request, close=request.plan.close)
 
     def unregisterResponseProducer(self) -> None:
@@ -870,6 +942,11 @@ class HTTPProxyProtocol(Protocol):
         The backend switched protocols: the connection is a byte tunnel now.
         """
         request = exchange.request
+        request.exchange = None
+        if request.retrying:
+            request.retrying = False
+            request.l7pool.budget.retries -= 1
+        self.tunnelExchange = exchange
         self.queue.popleft()
         self.uncount(request)
         self.logRequest(request)
@@ -900,7 +977,6 @@ class HTTPProxyProtocol(Protocol):
             and request.framing is not None
             and request.framing.keepAlive
             and not self.closing
-            and not self.ignoreInput
             and not self.factory.stopping
         )
         response = _errorResponse(status, reason, not keepAlive)
@@ -914,6 +990,13 @@ class HTTPProxyProtocol(Protocol):
         """
         if self.queue and self.queue[0] is request:
             self.queue.popleft()
+        if request.bodyBuffered:
+            # Held for a backend that never got it.
+            self.bodyHeld -= request.bodyBuffered
+            request.body.clear()
+            request.bodyBuffered = 0
+            if self.bodyHeld <= BODY_HIGH_WATER:
+                self.resumeReading("body")
         self.uncount(request)
         self.logRequest(request)
         if close or self.closing:
@@ -1087,7 +1170,7 @@ def _originForm(target: bytes) -> tuple[bytes, bytes | None]:
     query = rest.find(b"?")
     cut = min(i for i in (slash, query, len(rest)) if i >= 0)
     host, path = rest[:cut], rest[cut:]
-    if not host or b"@" in host:
+    if not host or not _validHost(host):
         raise _Reject(400, "invalid request target")
     if not path.startswith(b"/"):
         path = b"/" + path

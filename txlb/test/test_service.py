@@ -16,6 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from txlb.config import parseConfig
 from txlb.demo import DemoBackendResource, DemoBackends
+from txlb.protocols.http import HTTPProxyFactory
 from txlb.protocols.tcp import TCPRelayFactory
 from txlb.service import (
     ListenerService,
@@ -102,15 +103,17 @@ class TxlbServiceTests(SynchronousTestCase):
             "tcp:port=8080:interface=127.0.0.1:backlog=1024: address already in use",
         )
 
-    def test_layer7RefusedClearly(self):
+    def test_layer7BuildsHTTPProxy(self):
         """
-        A listener with a layer this version cannot serve is refused with a
-        message naming it.
+        An L7 listener gets an L{HTTPProxyFactory} over its pools, whose
+        upstream connection pools are shared per pool.
         """
-        e = self.assertRaises(
-            StartupError, TxlbService, simpleConfig(layer="L7"), MemoryReactorClock()
-        )
-        self.assertIn("listener default: layer L7 is not available", str(e))
+        service = TxlbService(simpleConfig(layer="L7"), MemoryReactorClock())
+        (listener,) = list(service.listeners)
+        self.assertIsInstance(listener.factory, HTTPProxyFactory)
+        l7pool = listener.factory.pools["default"]
+        self.assertIs(l7pool.pool, service.pools["default"])
+        self.assertIs(l7pool.upstreams, service.upstreams["default"])
 
     def test_listenerStopsListening(self):
         """

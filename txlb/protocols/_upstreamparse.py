@@ -1,0 +1,461 @@
+"""
+Reading HTTP/1.1 responses from a backend: where each message starts and
+ends, byte-exact, over httptools (llhttp) in its strict mode.
+
+L{ResponseReader} is the parsing half of
+L{txlb.protocols.upstream.UpstreamConnection}, kept apart so that the
+connection reads as a state machine over events, and this as the framing
+rules.  It does no I/O: it is fed bytes and reports to a L{ResponseSink}.
+
+Why txlb finds the end of each head itself
+==========================================
+
+llhttp cannot be told that a response answers a HEAD request (httptools
+does not pass that on), so on its own it would wait for the body a HEAD
+response announces but never sends.  It also consumes the bytes after a
+message silently when they are CR or LF, so it cannot say whether a
+backend sent more than its response.  txlb needs both answers exactly: a
+connection is reused only when its response ended on the last byte read.
+
+So the reader finds the end of each head (the first CRLFCRLF: in strict
+mode llhttp allows no bare CR or LF in a head, so that is where llhttp
+ends it too, which the reader checks) and feeds llhttp exactly the head.
+Then:
+
+  - a body delimited by C{Content-Length} is counted here, without llhttp
+    (and without copying the bytes);
+  - a chunked body goes through llhttp, which de-chunks it and checks every
+    chunk size, extension and trailer.  A chunked message always ends with
+    CRLFCRLF after a byte that is neither CR nor LF, and llhttp reports a
+    message start for any other byte after it; so looking at the last five
+    bytes read tells whether anything followed the message;
+  - a close-delimited body is passed on as read;
+  - no body (HEAD, 1xx, 204, 304, C{Content-Length: 0}) ends with the head.
+
+llhttp checks what it parses; L{validateResponseHeaders} then applies
+txlb's own framing rules to every head, interim ones included.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol as TypingProtocol
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from txlb.protocols.headers import (
+    Body,
+    HeaderError,
+    ResponseFraming,
+    validateResponseHeaders,
+)
+
+#: The most bytes one response head (status line and headers) may take.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+#: The most interim (1xx other than 101) responses before a final one.
+MAX_INTERIM_RESPONSES = 16
+
+_HEAD_END = b"\r\n\r\n"
+_LINE_ENDS = (b"\r", b"\n")
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ResponseSink(TypingProtocol):
+    """
+    What a L{ResponseReader} reports to.  Each method may call
+    L{ResponseReader.stop}, after which the reader reports nothing more.
+    """
+
+    def _responseHead(
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: ResponseFraming,
+    ) -> None:
+        """
+        A final (or 101) response head arrived and passed validation.
+        """
+
+    def _responseInformational(
+        self, status: int, reason: bytes, headers: Headers
+    ) -> None:
+        """
+        An interim 1xx response (not 101) arrived and passed validation.
+        """
+
+    def _responseBody(self, data: bytes) -> None:
+        """
+        Body bytes, de-chunked.
+        """
+
+    def _responseDone(self, extra: bool) -> None:
+        """
+        The response ended; C{extra} when bytes followed it.
+        """
+
+    def _responseUpgraded(self, extra: bytes) -> None:
+        """
+        A 101 head ended at C{extra}, the first bytes of the new protocol.
+        """
+
+    def _responseBad(self, reason: str) -> None:
+        """
+        The response is malformed, for C{reason}.
+        """
+
+
+class _Phase(enum.Enum):
+    """
+    What the reader expects next.
+
+    @cvar idle: nothing: no request is outstanding.
+    @cvar head: a response head (interim or final).
+    @cvar length: the rest of a C{Content-Length} body.
+    @cvar chunked: the rest of a chunked body.
+    @cvar close: the rest of a body that ends when the connection does.
+    @cvar done: nothing more: the response ended, failed, or was given up.
+    """
+
+    idle = "idle"
+    head = "head"
+    length = "length"
+    chunked = "chunked"
+    close = "close"
+    done = "done"
+
+
+class _Overrun(Exception):
+    """
+    Raised from an llhttp callback to stop it at bytes after a message.
+    """
+
+
+class ResponseReader:
+    """
+    Reads one response at a time from a backend's byte stream.
+
+    Call L{expect} for each request sent, then L{feed} every byte read
+    until the sink hears L{ResponseSink._responseDone},
+    L{ResponseSink._responseUpgraded} or L{ResponseSink._responseBad}; tell
+    it of the connection's end with L{connectionClosed}.
+
+    @ivar framing: the final response's framing, once its head arrived.
+    """
+
+    def __init__(self, sink: ResponseSink, maxHeadSize: int = MAX_RESPONSE_HEAD):
+        """
+        @param sink: told of every event.
+        @param maxHeadSize: the most bytes a response head may take.
+        """
+        self._sink = sink
+        self._maxHeadSize = maxHeadSize
+        self._phase = _Phase.idle
+        self._stopped = False
+        self._parser: HttpResponseParser | None = None
+        self._method = b"GET"
+        self._interim = 0
+        self.framing: ResponseFraming | None = None
+        self._resetHead()
+        self._remaining = 0
+        self._pieces: list[bytes] = []
+        self._tail = b""
+
+    def _resetHead(self) -> None:
+        """
+        Get ready for the next head.
+        """
+        self._headSize = 0
+        self._headTail = b""
+        self._headDone = False
+        self._messageDone = False
+        self._reason = b""
+        self._headers: Headers = []
+
+    def expect(self, method: bytes) -> None:
+        """
+        A request with C{method} was sent: read its response.
+        """
+        self._method = method
+        self._interim = 0
+        self.framing = None
+        self._resetHead()
+        self._stopped = False
+        self._phase = _Phase.head
+
+    def stop(self) -> None:
+        """
+        Report nothing more for this response.
+        """
+        self._stopped = True
+        self._phase = _Phase.done
+
+    @property
+    def inBody(self) -> bool:
+        """
+        C{True} while the final response's body is being read.
+        """
+        return self._phase in (_Phase.length, _Phase.chunked, _Phase.close)
+
+    def feed(self, data: bytes) -> None:
+        """
+        Read C{data}, the next bytes from the backend.
+        """
+        phase = self._phase
+        if phase is _Phase.length:
+            self._readLength(data)
+        elif phase is _Phase.chunked:
+            self._readChunked(data)
+        elif phase is _Phase.close:
+            self._sink._responseBody(data)
+        elif phase is _Phase.head:
+            self._readHeads(data)
+
+    def connectionClosed(self, clean: bool) -> bool:
+        """
+        The connection ended (C{clean}: with a FIN, not a reset).
+
+        @return: C{True} when that completed the response: a close-delimited
+            body ends at a clean close; everything else was cut short.
+        """
+        completed = self._phase is _Phase.close and clean
+        self._phase = _Phase.done
+        return completed
+
+    # Heads
+
+    def _findHeadEnd(self, data: bytes) -> int:
+        """
+        @return: the offset in C{data} just past the CRLFCRLF ending the
+            head being read, or -1 when C{data} does not end it.
+        """
+        tail = self._headTail
+        if tail:
+            # The CRLFCRLF may start in the bytes of an earlier read.
+            at = (tail + data[:3]).find(_HEAD_END)
+            if at != -1:
+                return at + 4 - len(tail)
+        at = data.find(_HEAD_END)
+        return at if at == -1 else at + 4
+
+    def _parse(self, data: bytes) -> bool:
+        """
+        Feed head bytes to llhttp.
+
+        @return: C{False} when they were malformed (and reported so).
+        """
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = HttpResponseParser(self)
+        try:
+            parser.feed_data(data)
+        except HttpParserUpgrade:
+            pass
+        except HttpParserError as e:
+            # llhttp pauses after every 101 head, with or without
+            # "Connection: upgrade"; the head itself was parsed.
+            if not (self._headDone and parser.get_status_code() == 101):
+                self._bad(f"malformed response: {e}")
+                return False
+        return True
+
+    def _readHeads(self, data: bytes) -> None:
+        """
+        Read head bytes, and what follows each head that ends in C{data}.
+        """
+        while True:
+            end = self._findHeadEnd(data)
+            if end == -1:
+                self._headSize += len(data)
+                if self._headSize > self._maxHeadSize:
+                    self._bad("response head too large")
+                    return
+                self._headTail = (self._headTail + data[-3:])[-3:]
+                # llhttp sees the bytes now, so that garbage fails at once
+                # rather than when the head limit or a timeout is reached.
+                if self._parse(data) and self._headDone:
+                    # Only a bare LF could end a head here; strict llhttp
+                    # refuses those, but a disagreement must not pass.
+                    self._bad("malformed response head")
+                return
+            self._headSize += end
+            if self._headSize > self._maxHeadSize:
+                self._bad("response head too large")
+                return
+            if end == len(data):
+                head, rest = data, b""
+            else:
+                head, rest = data[:end], data[end:]
+            if not self._parse(head):
+                return
+            if not self._headDone:
+                self._bad("malformed response head")
+                return
+            if not self._endHead(rest):
+                return
+            data = rest
+
+    def _endHead(self, rest: bytes) -> bool:
+        """
+        A head ended, followed by C{rest}: validate it and report it.
+
+        @return: C{True} when it was an interim response and C{rest} is
+            another head to read.
+        """
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        reason, headers = self._reason, self._headers
+        rawVersion = parser.get_http_version()
+        version = _VERSIONS.get(rawVersion)
+        if version is None:
+            major, _, minor = rawVersion.partition(".")
+            version = (int(major), int(minor))
+        try:
+            framing = validateResponseHeaders(version, status, headers, self._method)
+        except HeaderError as e:
+            self._bad(f"malformed response head: {e.reason}")
+            return False
+        sink = self._sink
+        if status < 200 and status != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self._bad("too many interim responses")
+                return False
+            self._resetHead()
+            sink._responseInformational(status, reason, headers)
+            return bool(rest) and not self._stopped
+        if not self._messageDone and framing.body is not Body.CHUNKED:
+            # llhttp still expects a body it will not be fed (HEAD, or a
+            # length or close-delimited body counted here): start afresh.
+            self._parser = None
+        self.framing = framing
+        body = framing.body
+        if status == 101:
+            self._parser = None
+            self._phase = _Phase.done
+        elif body is Body.LENGTH and framing.contentLength:
+            self._phase = _Phase.length
+            self._remaining = framing.contentLength
+        elif body is Body.CHUNKED:
+            self._phase = _Phase.chunked
+            self._tail = b""
+        elif body is Body.CLOSE:
+            self._phase = _Phase.close
+        else:
+            self._phase = _Phase.done
+        sink._responseHead(version, status, reason, headers, framing)
+        if self._stopped:
+            return False
+        if self._phase is _Phase.done:
+            if status == 101:
+                sink._responseUpgraded(rest)
+            else:
+                # No body: the response ends with its head.
+                sink._responseDone(bool(rest))
+        elif rest:
+            self.feed(rest)
+        return False
+
+    # Bodies
+
+    def _readLength(self, data: bytes) -> None:
+        """
+        Read bytes of a C{Content-Length} body.
+        """
+        remaining = self._remaining
+        size = len(data)
+        if size < remaining:
+            self._remaining = remaining - size
+            self._sink._responseBody(data)
+            return
+        self._remaining = 0
+        extra = size > remaining
+        self._sink._responseBody(data[:remaining] if extra else data)
+        if self._phase is _Phase.length:
+            self._phase = _Phase.done
+            self._sink._responseDone(extra)
+
+    def _readChunked(self, data: bytes) -> None:
+        """
+        Read bytes of a chunked body through llhttp.
+        """
+        parser = self._parser
+        assert parser is not None
+        self._pieces = pieces = []
+        overrun = False
+        try:
+            parser.feed_data(data)
+        except HttpParserError as e:
+            if not self._messageDone:
+                self._bad(f"malformed chunked body: {e}")
+                return
+            # A byte after the message: llhttp began another one (which
+            # L{on_message_begin} stopped) or refused it.
+            overrun = True
+        self._tail = (self._tail + data[-5:])[-5:]
+        if pieces:
+            self._sink._responseBody(
+                pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            )
+            if self._phase is not _Phase.chunked:
+                return
+        if self._messageDone:
+            # The message ends with CRLFCRLF after a byte that is neither:
+            # a CR or LF there means CR or LF bytes followed it.
+            extra = overrun or self._tail[:1] in _LINE_ENDS
+            self._phase = _Phase.done
+            self._sink._responseDone(extra)
+
+    def _bad(self, reason: str) -> None:
+        """
+        Report a malformed response; read nothing more.
+        """
+        self._phase = _Phase.done
+        self._parser = None
+        self._sink._responseBad(reason)
+
+    # llhttp callbacks (httptools looks them up by name)
+
+    def on_message_begin(self) -> None:
+        """
+        llhttp starts a message: after a chunked body, that is a byte too
+        many.
+        """
+        if self._messageDone:
+            raise _Overrun()
+
+    def on_status(self, data: bytes) -> None:
+        """
+        Part of the reason phrase.
+        """
+        self._reason += data
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """
+        One header line (trailers, after a chunked body, are dropped).
+        """
+        if self._phase is _Phase.head:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """
+        The head is parsed.
+        """
+        self._headDone = True
+
+    def on_body(self, data: bytes) -> None:
+        """
+        De-chunked body bytes.
+        """
+        self._pieces.append(data)
+
+    def on_message_complete(self) -> None:
+        """
+        llhttp ended the message (a head without body, or the last chunk).
+        """
+        self._messageDone = True
