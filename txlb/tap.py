@@ -66,7 +66,7 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Balance TCP connections (L4) across backend servers.  Configure it "
+        "Balance TCP connections (L4) or HTTP/1.1 requests (L7) across backend servers.  Configure it "
         "with a TOML file (--config, see docs/configuration.md), or entirely "
         "on the command line (--port and --backends), or try it with --demo, "
         "which starts three demo HTTP backends on loopback and balances "
@@ -79,8 +79,9 @@ class Options(usage.Options):
         [
             "demo",
             None,
-            "Start three demo HTTP backends on 127.0.0.1 and balance across "
-            f"them (listens on 127.0.0.1:{DEMO_PORT} unless --port).",
+            "Start three demo HTTP backends on 127.0.0.1 and balance HTTP "
+            f"requests across them (L7 unless --layer; listens on "
+            f"127.0.0.1:{DEMO_PORT} unless --port).",
         ],
     ]
 
@@ -200,7 +201,14 @@ class Options(usage.Options):
         The configuration of a C{--demo} run over C{backends}: a listener on
         127.0.0.1 (port 8080 unless C{--port}) and the flags applied.
         """
-        document = {"load_balancer": {"address": "127.0.0.1", "port": DEMO_PORT}}
+        document = {
+            "load_balancer": {
+                "address": "127.0.0.1",
+                "port": DEMO_PORT,
+                "layer": "L7",
+                "backend_header": True,
+            }
+        }
         return parseConfig(
             document, "<demo>", attrs.evolve(self.overrides, backends=tuple(backends))
         )
