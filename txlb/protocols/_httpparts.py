@@ -1,0 +1,403 @@
+"""
+The parts of the L7 front that are not the protocol itself: its settings,
+the per-request state, the per-attempt exchange, and the small functions
+that write HTTP heads and read request details.
+
+Everything public here is importable from L{txlb.protocols.http}.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txlb.limits import RetryBudget
+from txlb.pool import Backend, Pool
+from txlb.protocols.framing import _validHost
+from txlb.protocols.headers import ForwardingPolicy, RequestFraming, ResponseFraming
+from txlb.protocols.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from txlb.protocols.http import HTTPProxyProtocol
+
+# Requests parsed ahead of the one being answered before reading pauses.
+MAX_PIPELINE = 16
+
+# Request body bytes held for requests not yet sent before reading pauses.
+BODY_HIGH_WATER = 256 * 1024
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+
+@attrs.frozen
+class HTTPSettings:
+    """
+    Limits and timeouts of one L7 listener.
+
+    @ivar maxHeaderSize: bytes of request line and headers, else 431 (414
+        when the target alone is too long).
+    @ivar maxTargetLength: bytes of the request target, else 414.
+    @ivar maxBodySize: bytes of a request body, else 413; C{None}: no limit.
+    @ivar headerTimeout: seconds for a whole request head to arrive, else
+        408 and close (from the connection's start, or the request's first
+        byte on a kept-alive connection).
+    @ivar idleTimeout: seconds a kept-alive connection may wait for its
+        next request.
+    @ivar scheme: C{b"http"} or C{b"https"}, for X-Forwarded-Proto.
+    """
+
+    maxHeaderSize: int = 65536
+    maxTargetLength: int = 8192
+    maxBodySize: int | None = None
+    headerTimeout: float | None = 10.0
+    idleTimeout: float | None = 60.0
+    scheme: bytes = b"http"
+
+
+@attrs.frozen
+class RetryPolicy:
+    """
+    When a request may go to another backend.
+
+    @ivar attempts: tries in all, the first included.
+    @ivar perTryTimeout: seconds for a backend to start its response.
+    @ivar timeout: seconds for the whole request across tries, or C{None}.
+    """
+
+    attempts: int = 3
+    perTryTimeout: float | None = 60.0
+    timeout: float | None = None
+
+
+@attrs.define(eq=False)
+class L7Pool:
+    """
+    What the L7 front needs of one pool.
+
+    @ivar hashKey: where hashing strategies take their key: C{None} (the
+        client IP), C{("header", name)}, C{("cookie", name)} or
+        C{("path", None)}.
+    @ivar stickyCookie: the name of the affinity cookie txlb sets, or
+        C{None} for no sticky sessions.
+    """
+
+    pool: Pool
+    upstreams: UpstreamPool
+    policy: ForwardingPolicy = ForwardingPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    budget: RetryBudget = attrs.field(factory=RetryBudget)
+    hashKey: tuple[str, bytes | None] | None = None
+    stickyCookie: bytes | None = None
+    _stickyTokens: dict[str, bytes] = attrs.field(factory=dict)
+
+    def stickyToken(self, backend: Backend) -> bytes:
+        """
+        The opaque cookie value naming C{backend} (stable across restarts
+        and instances, reveals nothing of the backend's address).
+        """
+        token = self._stickyTokens.get(backend.name)
+        if token is None:
+            token = hashlib.blake2b(
+                backend.name.encode("utf-8"),
+                digest_size=8,
+                key=b"txlb-sticky:" + self.pool.name.encode("utf-8")[:40],
+            ).hexdigest().encode("ascii")
+            self._stickyTokens[backend.name] = token
+        return token
+
+    def stickyBackend(self, token: bytes) -> Backend | None:
+        """
+        The usable backend that C{token} names, or C{None}.
+        """
+        for backend in self.pool.backends:
+            if backend.usable and self.stickyToken(backend) == token:
+                return backend
+        return None
+
+
+class _Closing(Exception):
+    """
+    Raised inside a parser callback to stop parsing once txlb is closing.
+    """
+
+
+class _Reject(Exception):
+    """
+    Raised inside a parser callback to refuse the request.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+@attrs.define(eq=False)
+class ProxiedRequest:
+    """
+    One request on its way through txlb; the C{request} a strategy sees in
+    its context.
+
+    @ivar method: e.g. C{b"GET"}.
+    @ivar target: the origin-form target (path and query).
+    @ivar version: e.g. C{(1, 1)}.
+    @ivar headers: the request's header lines as received.
+    """
+
+    method: bytes = b""
+    target: bytes = b""
+    version: tuple[int, int] = (1, 1)
+    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    framing: RequestFraming | None = None
+    l7pool: L7Pool | None = None
+    started: float = 0.0
+    headerSize: int = 0
+    headerPending: int = 0
+    error: _Reject | None = None
+    body: collections.deque[bytes] = attrs.field(factory=collections.deque)
+    bodyBuffered: int = 0
+    bodyReceived: int = 0
+    bodyDone: bool = False
+    bodySent: bool = False
+    attempts: int = 0
+    tried: list[Backend] = attrs.field(factory=list)
+    backend: Backend | None = None
+    exchange: _Exchange | None = None
+    stickyHit: bool = False
+    headSent: bool = False
+    status: int = 0
+    bytesOut: int = 0
+    retrying: bool = False
+    counted: bool = False
+    plan: Any = None
+    upgradeData: list[bytes] = attrs.field(factory=list)
+
+
+@implementer(IPushProducer)
+class _ReadPause:
+    """
+    Pauses the client's reading for one reason (backend backpressure),
+    registered as the producer of a backend transport.
+    """
+
+    def __init__(self, proto: HTTPProxyProtocol, reason: str) -> None:
+        self.proto = proto
+        self.reason = reason
+
+    def pauseProducing(self) -> None:
+        self.proto.pauseReading(self.reason)
+
+    def resumeProducing(self) -> None:
+        self.proto.resumeReading(self.reason)
+
+    def stopProducing(self) -> None:
+        self.proto.resumeReading(self.reason)
+
+
+class _Exchange:
+    """
+    One attempt of one request on one backend: connecting, sending, and the
+    L{txlb.protocols.upstream.IExchange} that receives the response.
+
+    Every callback checks that it is still the request's current attempt, so
+    a late event from an abandoned attempt changes nothing.
+    """
+
+    def __init__(self, proto: HTTPProxyProtocol, request: ProxiedRequest,
+                 backend: Backend) -> None:
+        self.proto = proto
+        self.request = request
+        self.backend = backend
+        self.connection: UpstreamConnection | None = None
+        self.connecting: Any = None
+        self.started = proto.reactor.seconds()
+        self.responded = False
+        self.released = False
+
+    @property
+    def current(self) -> bool:
+        return self.request.exchange is self
+
+    def releaseBackend(self) -> None:
+        """
+        Count this attempt's request out of the backend, once.
+        """
+        if not self.released:
+            self.released = True
+            self.backend.release()
+
+    # IExchange
+
+    def informational(self, status: int, reason: bytes, headers: Any) -> None:
+        if self.current:
+            self.proto.informational(self.request, status, reason, headers)
+
+    def responseStarted(self, version: tuple[int, int], status: int, reason: bytes,
+                        headers: list[tuple[bytes, bytes]],
+                        framing: ResponseFraming) -> None:
+        if self.current:
+            self.responded = True
+            self.proto.responseStarted(self, status, reason, headers, framing)
+
+    def responseBody(self, data: bytes) -> None:
+        if self.current:
+            self.proto.responseBody(self.request, data)
+
+    def responseComplete(self) -> None:
+        if self.current:
+            self.proto.responseComplete(self)
+
+    def responseFailed(self, reason: Failure, started: bool) -> None:
+        if self.current:
+            self.proto.responseFailed(self, reason, started)
+
+    def upgraded(self, connection: UpstreamConnection, extra: bytes) -> None:
+        if self.current:
+            self.proto.upgraded(self, connection, extra)
+
+
+class _BadUpgrade(Exception):
+    """
+    A backend answered 101 to a request that did not ask to upgrade.
+    """
+
+    def __str__(self) -> str:
+        return "101 Switching Protocols to a request that did not upgrade"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _errorResponse(status: int, reason: str, close: bool) -> bytes:
+    body = f"{status} {_REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+def _statusHead(status: int, reason: bytes, headers: Any) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _requestHead(method: bytes, target: bytes, headers: Any) -> bytes:
+    parts = [method + b" " + target + b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _frameBody(request: ProxiedRequest, data: bytes) -> bytes:
+    if request.framing is not None and request.framing.chunked:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+    return data
+
+
+def _originForm(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    Split an absolute-form target into its origin form and host.
+
+    @raise _Reject: not an http(s) absolute URI.
+    """
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = target[7:]
+    elif lowered.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise _Reject(400, "invalid request target")
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    host, path = rest[:cut], rest[cut:]
+    if not host or not _validHost(host):
+        raise _Reject(400, "invalid request target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, host
+
+
+def _cookie(headers: Any, name: bytes) -> bytes | None:
+    """
+    The value of cookie C{name} in the request's Cookie headers.
+    """
+    for hname, value in headers:
+        if hname.lower() != b"cookie":
+            continue
+        for part in value.split(b";"):
+            key, sep, val = part.strip().partition(b"=")
+            if sep and key == name:
+                return val.strip(b'"')
+    return None
+
+
+def _hashKey(spec: tuple[str, bytes | None] | None, request: ProxiedRequest,
+             peer: str) -> bytes | None:
+    """
+    The affinity key for hashing strategies, by the pool's C{hash_key}.
+    """
+    if spec is None:
+        return None
+    kind, name = spec
+    if kind == "path":
+        return request.target.split(b"?", 1)[0]
+    if kind == "header":
+        assert name is not None
+        for hname, value in request.headers:
+            if hname.lower() == name:
+                return value
+        return None
+    if kind == "cookie":
+        assert name is not None
+        return _cookie(request.headers, name)
+    return peer.encode("ascii", "replace")
+
+
+def _describe(reason: Failure) -> str:
+    value = reason.value
+    text = str(value)
+    return text if text else type(value).__name__
+
+
+def _parserReason(e: Exception) -> str:
+    text = str(e).strip()
+    if text.startswith("HPE_") or not text:
+        return "malformed request"
+    return "malformed request: " + text.split(".")[0][:80]
