@@ -195,6 +195,7 @@ class ProxiedRequest:
     status: int = 0
     bytesOut: int = 0
     retrying: bool = False
+    staleRetried: bool = False
     counted: bool = False
     plan: Any = None
     upgradeData: list[bytes] = attrs.field(factory=list)

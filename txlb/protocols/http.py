@@ -63,7 +63,11 @@ from txlb.protocols.headers import (
     planResponse,
     validateRequestHeaders,
 )
-from txlb.protocols.upstream import ResponseTimeout, UpstreamConnection
+from txlb.protocols.upstream import (
+    ConnectionLostEarly,
+    ResponseTimeout,
+    UpstreamConnection,
+)
 from txlb.routing import Router
 
 __all__ = [
@@ -446,7 +450,7 @@ class HTTPProxyProtocol(Protocol):
             return
         self.tryBackend(request)
 
-    def tryBackend(self, request: ProxiedRequest) -> None:
+    def tryBackend(self, request: ProxiedRequest, fresh: bool = False) -> None:
         """
         Pick a backend for C{request} (not one already tried) and connect.
         """
@@ -485,7 +489,10 @@ class HTTPProxyProtocol(Protocol):
         backend.acquire()
         exchange = _Exchange(self, request, backend)
         request.exchange = exchange
-        d = l7pool.upstreams.connect(backend)
+        if fresh:
+            d = l7pool.upstreams.connect(backend, fresh=True)
+        else:
+            d = l7pool.upstreams.connect(backend)
         exchange.connecting = d
         d.addCallbacks(self.backendConnected, self.connectFailed,
                        callbackArgs=(exchange,), errbackArgs=(exchange,))
@@ -669,10 +676,35 @@ class HTTPProxyProtocol(Protocol):
         backend = exchange.backend
         request.exchange = None
         self.endAttempt(exchange, request)
-        if exchange.connection is not None:
-            exchange.connection.abort()
+        connection = exchange.connection
+        if connection is not None:
+            connection.abort()
         why = _describe(reason)
         timedOut = reason.check(ResponseTimeout) is not None
+        if (
+            not started
+            and connection is not None
+            and connection.reused
+            and reason.check(ConnectionLostEarly) is not None
+        ):
+            # The backend closed a kept-alive connection as this request
+            # went out (its keep-alive timeout raced us): not the backend's
+            # fault.  An idempotent request whose body was not sent is tried
+            # once more on a new connection, without using up an attempt or
+            # the retry budget (nginx does the same for cached connections).
+            if (
+                request.method in IDEMPOTENT
+                and not request.bodySent
+                and not request.staleRetried
+            ):
+                request.staleRetried = True
+                request.attempts -= 1
+                request.tried.pop()
+                self.factory.counters["stale_retries"] += 1
+                self.tryBackend(request, fresh=True)
+                return
+            self.answerError(request, 502, "bad gateway", not request.bodyDone)
+            return
         backend.recordFailure(why)
         backend.recordResponse(0, self.reactor.seconds() - exchange.started)
         self._log.warn(

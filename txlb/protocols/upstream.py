@@ -210,10 +210,13 @@ class UpstreamPool:
         self._closing = False
         self._closedWaiters: list[Deferred[None]] = []
 
-    def connect(self, backend: Backend) -> Deferred[UpstreamConnection]:
+    def connect(self, backend: Backend, fresh: bool = False) -> Deferred[UpstreamConnection]:
         """
         Check out a connection to C{backend}: the most recently used idle
         one, else a new one.
+
+        @param fresh: open a new connection even when an idle one is there
+            (after a reused one turned out to be closed by the backend).
 
         @return: a L{Deferred} firing with a checked-out
             L{UpstreamConnection} (its C{reused} says which kind), or
@@ -224,9 +227,10 @@ class UpstreamPool:
         """
         if self._closing:
             return fail(PoolClosed("the upstream pool is closed"))
-        conn = self.takeIdle(backend)
-        if conn is not None:
-            return succeed(conn)
+        if not fresh:
+            conn = self.takeIdle(backend)
+            if conn is not None:
+                return succeed(conn)
         return self._open(backend)
 
     def takeIdle(self, backend: Backend) -> UpstreamConnection | None:

@@ -114,6 +114,7 @@ class PendingConnect:
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
+        self.fresh = False
         self.cancelled = False
         self.connection: FakeUpstreamConnection | None = None
         self.deferred: Deferred[Any] = Deferred(self._cancel)
@@ -153,13 +154,15 @@ class FakeUpstreamPool:
     def __init__(self) -> None:
         self.attempts: list[PendingConnect] = []
 
-    def connect(self, backend: Any) -> Deferred[Any]:
+    def connect(self, backend: Any, fresh: bool = False) -> Deferred[Any]:
         """
-        Record a connect to C{backend}.
+        Record a connect to C{backend} (C{fresh}: asked for a new
+        connection, not an idle one).
 
         @return: its L{Deferred}.
         """
         pending = PendingConnect(backend)
+        pending.fresh = fresh
         self.attempts.append(pending)
         return pending.deferred
 
@@ -216,6 +219,7 @@ class FakeUpstreamConnection:
         self.aborted = False
         self.exchange: Any = None
         self.failOnSend = False
+        self.reused = False
         self.producing = True
         self.tunnelData: Any = None
         self.tunnelLost: Any = None

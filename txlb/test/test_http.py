@@ -37,6 +37,7 @@ from txlb.protocols.http import (
     ResponseTimeout,
     RetryPolicy,
 )
+from txlb.protocols.upstream import ConnectionLostEarly
 from txlb.routing import Router
 from txlb.test.fakeupstream import (
     CLIENT_ADDRESS,
@@ -1499,6 +1500,44 @@ class FailureTests(ProxyTestCase):
         self.assertEqual(1, conn.finishes)
         conn.respond(204, headers=[])
         self.assertEqual([204], statuses(transport.value()))
+
+    def test_staleConnectionRetriedFreshOnSameBackend(self) -> None:
+        """
+        A GET whose reused connection turns out closed by the backend
+        (lost before any response byte) is sent again on a new connection,
+        without counting a backend failure or using up an attempt; the same
+        backend may take it (here it is the only usable one).
+        """
+        self.b.healthy = self.c.healthy = False
+        proto, transport = self.connect()
+        proto.dataReceived(get())
+        stale = FakeUpstreamConnection(self.a)
+        stale.reused = True
+        self.upstreams.last.succeed(stale)
+        stale.exchange.responseFailed(Failure(ConnectionLostEarly()), False)
+        self.assertEqual(["a", "a"], self.upstreams.triedNames())
+        self.assertTrue(self.upstreams.last.fresh)
+        self.assertEqual(0, self.a.failures)
+        conn = self.upstreams.last.succeed()
+        conn.respond(200, body=b"ok")
+        self.assertEqual([200], statuses(transport.value()))
+        self.assertEqual(0, self.l7pool.budget.retries)
+
+    def test_staleConnectionPostNotResent(self) -> None:
+        """
+        A POST on a reused connection lost before any response byte is not
+        sent again (the backend may have acted on it): 502, and no backend
+        failure is counted.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"payload"))
+        stale = FakeUpstreamConnection(self.a)
+        stale.reused = True
+        self.upstreams.last.succeed(stale)
+        stale.exchange.responseFailed(Failure(ConnectionLostEarly()), False)
+        self.assertEqual(["a"], self.upstreams.triedNames())
+        self.assertEqual([502], statuses(transport.value()))
+        self.assertEqual(0, self.a.failures)
 
     def test_retryWithNoBackendLeft(self) -> None:
         """
