@@ -14,11 +14,11 @@ from typing import Any
 
 import httptools
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
+
+from txlb.test import procs
 
 MIB = 1024 * 1024
 
@@ -239,7 +239,6 @@ class BadResponseFactory(Factory):
         self.connections = 0
 
 
-@implementer(IPushProducer)
 class StreamingBackend(_HeadReader):
     """
     Answers each request with C{factory.total} bytes and a Content-Length,
@@ -247,34 +246,10 @@ class StreamingBackend(_HeadReader):
     (a push producer).
     """
 
-    chunk = b"x" * 65536
-
     def on_message_complete(self) -> None:
-        self.remaining = self.factory.total
-        self.paused = False
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (self.remaining,)
-        )
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.paused = True
-        self.remaining = 0
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        chunk = self.chunk
-        write = self.transport.write
-        while not self.paused and self.remaining > 0:
-            n = min(self.remaining, len(chunk))
-            self.remaining -= n
-            write(chunk if n == len(chunk) else chunk[:n])
-        if self.remaining == 0 and not self.paused:
-            self.transport.unregisterProducer()
+        total = self.factory.total
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (total,))
+        procs.ByteSource(self.transport, total).start()
 
 
 class StreamingFactory(Factory):

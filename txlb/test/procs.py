@@ -17,7 +17,9 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
@@ -192,3 +194,49 @@ def vmHWM(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise ProcessError(f"no VmHWM for {pid}")
+
+
+@implementer(IPushProducer)
+class ByteSource:
+    """
+    Writes C{total} bytes to a transport as fast as it takes them: a push
+    producer, so the transport's backpressure holds it back.
+
+    @ivar remaining: bytes still to write.
+    """
+
+    def __init__(self, transport: Any, total: int, fill: bytes = b"x",
+                 onDone: Any = None) -> None:
+        self.transport = transport
+        self.remaining = total
+        self.chunk = fill * 65536
+        self.paused = False
+        self.onDone = onDone
+
+    def start(self) -> None:
+        """
+        Register with the transport and write until paused or done.
+        """
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.remaining = 0
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        chunk = self.chunk
+        write = self.transport.write
+        while not self.paused and self.remaining > 0:
+            n = min(self.remaining, len(chunk))
+            self.remaining -= n
+            write(chunk if n == len(chunk) else chunk[:n])
+        if self.remaining == 0 and not self.paused:
+            self.transport.unregisterProducer()
+            if self.onDone is not None:
+                onDone, self.onDone = self.onDone, None
+                onDone()

@@ -88,30 +88,10 @@ class StreamingBackend(Protocol):
     backpressure (a push producer), then closes.
     """
 
-    chunk = b"x" * 65536
-
     def connectionMade(self) -> None:
-        self.remaining = self.factory.total
-        self.paused = False
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.paused = True
-        self.remaining = 0
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and self.remaining > 0:
-            n = min(self.remaining, len(self.chunk))
-            self.remaining -= n
-            self.transport.write(self.chunk[:n])
-        if self.remaining == 0 and not self.paused:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        procs.ByteSource(
+            self.transport, self.factory.total, onDone=self.transport.loseConnection
+        ).start()
 
 
 class CountingReader(Protocol):

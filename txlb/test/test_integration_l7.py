@@ -22,13 +22,11 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from txlb.test import procs
 from txlb.test.l7backends import (
@@ -123,7 +121,6 @@ class DownloadReader(Protocol):
         self.done.callback((self.head, self.count))
 
 
-@implementer(IPushProducer)
 class UploadClient(Collector):
     """
     Sends a request head, then C{total} body bytes as fast as the connection
@@ -131,36 +128,14 @@ class UploadClient(Collector):
     the response.
     """
 
-    chunk = b"u" * 65536
-
     def __init__(self, head: bytes, total: int) -> None:
         super().__init__()
         self.head = head
-        self.remaining = total
-        self.paused = False
+        self.total = total
 
     def connectionMade(self) -> None:
         self.transport.write(self.head)
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.paused = True
-        self.remaining = 0
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        chunk = self.chunk
-        write = self.transport.write
-        while not self.paused and self.remaining > 0:
-            n = min(self.remaining, len(chunk))
-            self.remaining -= n
-            write(chunk if n == len(chunk) else chunk[:n])
-        if self.remaining == 0 and not self.paused:
-            self.transport.unregisterProducer()
+        procs.ByteSource(self.transport, self.total, fill=b"u").start()
 
 
 def _requests(port: int, requests: list[tuple[str, str, dict[str, str]]]) -> Any:
