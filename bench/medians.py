@@ -20,7 +20,11 @@ import sys
 from collections import defaultdict
 
 # Ratios printed, as (column title, reference target).
-REFERENCES = (("xdirect", "direct"), ("xhaproxy", "haproxy-tcp"), ("xfast", "tw-l4-fast"))
+REFERENCES = (
+    ("xdirect", "direct"),
+    ("xhaproxy", "haproxy-tcp"),
+    ("xfast", "tw-l4-fast"),
+)
 
 
 def loadRecords(directories):
@@ -77,7 +81,7 @@ def summarize(records):
         rounds = len(rates)
         lines += [
             "",
-            f"## {test}, pin {pin}: medians over {rounds} round(s)",
+            f"## {test}, {pin}: medians over {rounds} round(s)",
             "",
             "| target | rps | p99 ms | CPU us/req | "
             + " | ".join(title for title, _ in REFERENCES)

@@ -53,14 +53,16 @@ __all__ = ["Client", "Connector", "HotPathReactor", "Port", "Server", "install"]
 _log = Logger()
 
 
-def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
+def _write(transport: tcp.Connection, data: bytes, raw: bool = False) -> None:
     """
     Send C{data} on C{transport}'s socket now if nothing is queued before it,
     and queue whatever the kernel did not take through Twisted's buffered
     path.
 
-    This never looks at C{transport.TLS}: callers decide whether C{data} is
-    plaintext for the TLS layer or bytes for the wire.
+    This is L{Server.write} and L{Client.write} itself (a plain function
+    as a method: no extra call on the hot path).  After C{startTLS}, the
+    application's bytes go to the TLS layer instead; the ciphertext that
+    layer writes comes back with C{raw=True}, from L{_TLSBypass}.
 
     C{EWOULDBLOCK}/C{EAGAIN} and C{ENOBUFS} mean "buffer it".  Any other
     error means the connection is broken: the reactor reports the loss on
@@ -68,20 +70,26 @@ def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
 
     @param transport: a connected (or not) TCP transport.
     @param data: the bytes to write.  Anything that is not a non-empty
-        C{bytes} goes to L{abstract.FileDescriptor.write} unchanged, which
-        rejects non-bytes with C{TypeError} and ignores C{b""}.
+        C{bytes} takes the inherited path unchanged, which rejects
+        non-bytes with C{TypeError} and ignores C{b""}.
+    @param raw: C{True} for bytes for the wire even though C{startTLS} has
+        run.
     """
     if (
-        type(data) is bytes
+        (raw or not transport.TLS)
+        and type(data) is bytes
         and data
         and transport.connected
-        # A close or half-close is pending: its ordering lives in the
-        # buffered path (doWrite flushes, then closes), so keep out of it.
-        and not transport.disconnecting
-        and not transport._writeDisconnecting
-        and not transport._writeDisconnected
-        # After abortConnection nothing may reach the peer any more.
-        and not transport._aborting
+        # A close or half-close (_writeDisconnecting comes first and stays
+        # set after _writeDisconnected) is pending or done, or the
+        # connection was aborted: that ordering lives in the buffered path
+        # (doWrite flushes, then closes), and after an abort nothing may
+        # reach the peer.
+        and not (
+            transport.disconnecting
+            or transport._writeDisconnecting
+            or transport._aborting
+        )
         # Nothing queued: sending now cannot overtake earlier bytes.
         and not transport._tempDataBuffer
         and transport.offset == len(transport.dataBuffer)
@@ -103,8 +111,36 @@ def _sendOrBuffer(transport: tcp.Connection, data: bytes) -> None:
             return
         # The rest is at most what one write carried; relay writes are at
         # most one recv (bufferSize), so this copy stays small.
-        data = data[sent:]
-    abstract.FileDescriptor.write(transport, data)
+        abstract.FileDescriptor.write(transport, data[sent:])
+    elif raw or not transport.TLS:
+        abstract.FileDescriptor.write(transport, data)
+    else:
+        # ConnectionMixin.write: to the TLS layer, if still connected.
+        tcp.Connection.write(transport, data)
+
+
+def _writeSequence(
+    transport: tcp.Connection, iovec: Iterable[bytes], raw: bool = False
+) -> None:
+    """
+    Like L{_write}, for a sequence of chunks sent as one.
+
+    This is L{Server.writeSequence} and L{Client.writeSequence}.
+
+    @param transport: a connected (or not) TCP transport.
+    @param iovec: a sequence of C{bytes}.  If any element is not C{bytes}
+        the whole sequence takes the inherited path, which raises
+        C{TypeError} as Twisted always has.
+    @param raw: as for L{_write}.
+    """
+    if not raw and transport.TLS:
+        tcp.Connection.writeSequence(transport, iovec)
+        return
+    for chunk in iovec:
+        if type(chunk) is not bytes:
+            abstract.FileDescriptor.writeSequence(transport, iovec)
+            return
+    _write(transport, b"".join(iovec), raw)
 
 
 def _connectionLost() -> ConnectionLost:
@@ -138,55 +174,19 @@ def _reportLossOnNextEvent(transport: tcp.Connection) -> None:
     transport.startWriting()
 
 
-def _sendSequenceOrBuffer(transport: tcp.Connection, iovec: Iterable[bytes]) -> None:
-    """
-    Like L{_sendOrBuffer}, for a sequence of chunks sent as one.
-
-    @param transport: a connected (or not) TCP transport.
-    @param iovec: a sequence of C{bytes}.  If any element is not C{bytes} the
-        whole sequence goes to L{abstract.FileDescriptor.writeSequence},
-        which raises C{TypeError} as Twisted always has.
-    """
-    for chunk in iovec:
-        if type(chunk) is not bytes:
-            abstract.FileDescriptor.writeSequence(transport, iovec)
-            return
-    _sendOrBuffer(transport, b"".join(iovec))
-
-
 class _ImmediateWriteMixin:
     """
     Immediate-send C{write}/C{writeSequence} for L{tcp.Connection}
     subclasses, honouring C{startTLS}.
 
     Once C{startTLS} has run, C{TLS} is true and C{protocol} is a
-    L{twisted.protocols.tls.TLSMemoryBIOProtocol}: application bytes must go
-    to it to be encrypted, so they take the inherited path.  The ciphertext
-    that layer produces comes back through L{_TLSBypass}, which sends it
-    immediately too.
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}: application bytes go to
+    it to be encrypted.  The ciphertext it produces comes back through
+    L{_TLSBypass}, which sends it immediately too.
     """
 
-    def write(self, data: bytes) -> None:
-        """
-        Send C{data} now if possible, otherwise buffer it.
-
-        @param data: the bytes to write.
-        """
-        if self.TLS:
-            super().write(data)
-        else:
-            _sendOrBuffer(self, data)
-
-    def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        """
-        Send the chunks of C{iovec} now if possible, otherwise buffer them.
-
-        @param iovec: a sequence of C{bytes}.
-        """
-        if self.TLS:
-            super().writeSequence(iovec)
-        else:
-            _sendSequenceOrBuffer(self, iovec)
+    write = _write
+    writeSequence = _writeSequence
 
     def registerProducer(self, producer, streaming: bool) -> None:
         """
@@ -243,7 +243,7 @@ class _TLSBypass(abstract.FileDescriptor):
 
         @param data: bytes for the wire.
         """
-        _sendOrBuffer(self, data)
+        _write(self, data, raw=True)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         """
@@ -251,7 +251,7 @@ class _TLSBypass(abstract.FileDescriptor):
 
         @param iovec: a sequence of C{bytes} for the wire.
         """
-        _sendSequenceOrBuffer(self, iovec)
+        _writeSequence(self, iovec, raw=True)
 
 
 class Server(_ImmediateWriteMixin, tcp.Server):
