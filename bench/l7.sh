@@ -46,7 +46,7 @@ TOML
   --start "txlb-l7-log=$venv/bin/twistd -n --pidfile= txlb --config $conf --backends {backends}" \
   --outdir "$out" "$@"
 
-python3 "$here/medians.py" "$out"
+TXLB_BENCH_LAYER=l7 python3 "$here/medians.py" "$out"
 rm -f "$log"
 echo
 echo "results: $out (summary.md: the harness's own mean [min-max] tables)"

@@ -26,6 +26,14 @@ REFERENCES = (
     ("xfast", "tw-l4-fast"),
 )
 
+# The L7 run compares with HAProxy in mode http instead (bench/l7.sh sets it).
+if os.environ.get("TXLB_BENCH_LAYER") == "l7":
+    REFERENCES = (
+        ("xdirect", "direct"),
+        ("xhaproxy", "haproxy-http"),
+        ("xnginx", "nginx-proxy"),
+    )
+
 
 def loadRecords(directories):
     """
