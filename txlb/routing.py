@@ -256,6 +256,8 @@ class Router:
         """
         self.defaultPool = defaultPool
         compiled = [_compileRoute(route) for route in routes]
+        # No routes: every request goes to the default pool, unexamined.
+        self._trivial = not compiled
         self._headerNames = frozenset(
             name for route in compiled for name, _ in route.headers
         )
@@ -287,6 +289,8 @@ class Router:
         @return: the pool of the first route that matches, else
             L{defaultPool}.
         """
+        if self._trivial:
+            return self.defaultPool
         key = hostKey(host)
         if key is None:
             candidates = self._noHost

@@ -1,7 +1,8 @@
 """
 The parts of the L7 front that are not the protocol itself: its settings,
-the per-request state, the per-attempt exchange, and the small functions
-that write HTTP heads and read request details.
+the factory's state, the per-request state, a connection's deadline, the
+per-attempt exchange, and the small functions that write HTTP heads and
+read request details.
 
 Everything public here is importable from L{txlb.protocols.http}.
 """
@@ -10,18 +11,23 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from typing import TYPE_CHECKING, Any
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txlb.limits import RetryBudget
+from txlb.limits import ConnectionLimit, RetryBudget
 from txlb.pool import Backend, Pool
 from txlb.protocols.framing import _validHost
 from txlb.protocols.headers import ForwardingPolicy, RequestFraming, ResponseFraming
 from txlb.protocols.upstream import UpstreamConnection, UpstreamPool
+from txlb.routing import Router
 
 if TYPE_CHECKING:
     from txlb.protocols.http import HTTPProxyProtocol
@@ -31,6 +37,10 @@ MAX_PIPELINE = 16
 
 # Request body bytes held for requests not yet sent before reading pauses.
 BODY_HIGH_WATER = 256 * 1024
+
+# The most body bytes copied to join them with a response head (or the end
+# of a chunked body) into one send; more cost more to copy than a send.
+_COALESCE = 16384
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -142,6 +152,57 @@ class L7Pool:
         return None
 
 
+class _FactoryBase(ServerFactory):
+    """
+    The state of L{txlb.protocols.http.HTTPProxyFactory}, which adds its
+    protocol.
+    """
+
+    def __init__(
+        self,
+        *,
+        pools: Mapping[str, L7Pool],
+        router: Router,
+        reactor: Any,
+        settings: HTTPSettings | None = None,
+        maxConnections: int | None = None,
+        listenerName: str = "default",
+        accessLog: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.pools = dict(pools)
+        self.router = router
+        self.reactor = reactor
+        self.settings = settings if settings is not None else HTTPSettings()
+        self.limit = ConnectionLimit(maxConnections)
+        self.listenerName = listenerName
+        self.accessLog = accessLog
+        self.stopping = False
+        self.openConnections: set[HTTPProxyProtocol] = set()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        self._idPrefix = os.urandom(6).hex().encode("ascii")
+
+    def newRequestId(self) -> bytes:
+        """
+        A request id unique to this process's lifetime (random prefix, then
+        a counter).
+        """
+        return b"%s-%x" % (self._idPrefix, next(self._ids))
+
+    @property
+    def activeCount(self) -> int:
+        """
+        Client connections open now.
+        """
+        return self.limit.active
+
+    def drained(self) -> Any:
+        """
+        A Deferred that fires when no client connection is open.
+        """
+        return self.limit.drained()
+
+
 class _Closing(Exception):
     """
     Raised inside a parser callback to stop parsing once txlb is closing.
@@ -199,6 +260,96 @@ class ProxiedRequest:
     counted: bool = False
     plan: Any = None
     upgradeData: list[bytes] = attrs.field(factory=list)
+    # Response bytes held back to be written with the next ones.
+    held: bytes | None = None
+
+
+class _Deadline:
+    """
+    The one deadline a client connection has at a time (its request head's,
+    or its idle wait's), on one lazily re-armed C{DelayedCall}.
+
+    A kept-alive connection moves between deadlines on every request;
+    scheduling and cancelling a C{DelayedCall} each time costs more than
+    the rest of the bookkeeping.  Instead the call is left in place when the
+    deadline is cleared or moved later; when it fires early it looks again
+    at what the deadline is by then.  It is scheduled no later than a head
+    deadline set from now could fall, so the usual move from the idle
+    deadline to a head deadline never reschedules it.
+
+    @ivar deadline: when C{action} is due (C{reactor.seconds()} time), or
+        C{None} for no deadline.
+    """
+
+    __slots__ = ("reactor", "soonest", "call", "at", "deadline", "action")
+
+    def __init__(self, reactor: Any, soonest: float | None) -> None:
+        """
+        @param soonest: the shortest timeout L{set} is usually given (the
+            head timeout), or C{None}.
+        """
+        self.reactor = reactor
+        self.soonest = soonest
+        self.call: Any = None
+        self.at = 0.0
+        self.deadline: float | None = None
+        self.action: Any = None
+
+    def set(self, seconds: float | None, action: Any) -> None:
+        """
+        Call C{action} once C{seconds} have passed, instead of whatever was
+        due; C{None}: nothing is due.
+        """
+        if seconds is None:
+            self.deadline = None
+            return
+        now = self.reactor.seconds()
+        deadline = self.deadline = now + seconds
+        self.action = action
+        if self.call is None or self.at > deadline:
+            soonest = self.soonest
+            if soonest is not None and soonest < seconds:
+                seconds = soonest
+            self._schedule(now, seconds)
+
+    def clear(self) -> None:
+        """
+        Nothing is due (the scheduled call, if any, lapses harmlessly).
+        """
+        self.deadline = None
+
+    def stop(self) -> None:
+        """
+        Nothing is due, and nothing stays scheduled.
+        """
+        self.deadline = None
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _schedule(self, now: float, seconds: float) -> None:
+        """
+        (Re)schedule the call C{seconds} after C{now}.
+        """
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.at = now + seconds
+        self.call = self.reactor.callLater(seconds, self._fired)
+
+    def _fired(self) -> None:
+        """
+        Call the action if it is due; else look again when it will be.
+        """
+        self.call = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        now = self.reactor.seconds()
+        if deadline - now > 1e-6:
+            self._schedule(now, deadline - now)
+            return
+        self.deadline = None
+        self.action()
 
 
 @implementer(IPushProducer)
@@ -238,7 +389,7 @@ class _Exchange:
         self.backend = backend
         self.connection: UpstreamConnection | None = None
         self.connecting: Any = None
-        self.started = proto.reactor.seconds()
+        self.started = proto.factory.reactor.seconds()
         self.responded = False
         self.released = False
 
@@ -257,30 +408,30 @@ class _Exchange:
     # IExchange
 
     def informational(self, status: int, reason: bytes, headers: Any) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.proto.informational(self.request, status, reason, headers)
 
     def responseStarted(self, version: tuple[int, int], status: int, reason: bytes,
                         headers: list[tuple[bytes, bytes]],
                         framing: ResponseFraming) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.responded = True
             self.proto.responseStarted(self, status, reason, headers, framing)
 
     def responseBody(self, data: bytes) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.proto.responseBody(self.request, data)
 
     def responseComplete(self) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.proto.responseComplete(self)
 
     def responseFailed(self, reason: Failure, started: bool) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.proto.responseFailed(self, reason, started)
 
     def upgraded(self, connection: UpstreamConnection, extra: bytes) -> None:
-        if self.current:
+        if self.request.exchange is self:
             self.proto.upgraded(self, connection, extra)
 
 
@@ -309,20 +460,27 @@ def _errorResponse(status: int, reason: str, close: bool) -> bytes:
     return b"".join(head) + body
 
 
+# Joins one (name, value) pair into a header line; mapped over a block, it
+# serializes the block in C.
+_headerLine = b": ".join
+
+
 def _statusHead(status: int, reason: bytes, headers: Any) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))]
-    for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    reason = reason or _REASONS.get(status, b"")
+    if not headers:
+        return b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
+        status, reason, b"\r\n".join(map(_headerLine, headers)),
+    )
 
 
 def _requestHead(method: bytes, target: bytes, headers: Any) -> bytes:
-    parts = [method + b" " + target + b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    if not headers:
+        return b"".join((method, b" ", target, b" HTTP/1.1\r\n\r\n"))
+    return b"".join((
+        method, b" ", target, b" HTTP/1.1\r\n",
+        b"\r\n".join(map(_headerLine, headers)), b"\r\n\r\n",
+    ))
 
 
 def _frameBody(request: ProxiedRequest, data: bytes) -> bytes:
@@ -389,6 +547,26 @@ def _hashKey(spec: tuple[str, bytes | None] | None, request: ProxiedRequest,
         assert name is not None
         return _cookie(request.headers, name)
     return peer.encode("ascii", "replace")
+
+
+def _accessRecord(request: ProxiedRequest, client: str, now: float) -> dict[str, Any]:
+    """
+    The access-log record of C{request}, from C{client}, answered at C{now}
+    (C{reactor.seconds()} time).
+    """
+    return {
+        "time": round(time.time(), 3),
+        "client": client,
+        "method": request.method.decode("latin-1"),
+        "target": request.target.decode("latin-1"),
+        "status": request.status,
+        "bytes_in": request.bodyReceived,
+        "bytes_out": request.bytesOut,
+        "pool": request.l7pool.pool.name if request.l7pool else None,
+        "backend": request.backend.name if request.backend else None,
+        "attempts": request.attempts,
+        "duration": round(now - request.started, 6) if request.started else 0.0,
+    }
 
 
 def _describe(reason: Failure) -> str:

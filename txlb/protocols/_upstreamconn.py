@@ -44,7 +44,9 @@ class IExchange(Interface):
     L{upgraded}.  L{responseFailed} may end the sequence at any point
     before its end.  After L{responseComplete}, L{upgraded},
     L{responseFailed}, or L{UpstreamConnection.abort}, nothing more is
-    called.  Any method may call L{UpstreamConnection.abort}.
+    called.  Any method may call L{UpstreamConnection.abort}.  During
+    L{responseStarted} and L{responseBody}, the connection's C{moreFollows}
+    says whether another call follows before it returns to the reactor.
     """
 
     def responseStarted(version, status, reason, headers, framing):  # noqa: N805
@@ -179,6 +181,9 @@ class ConnectionState(enum.Enum):
     @cvar closed: the connection is gone.
     """
 
+    # An identity hash, in C (see txlb.protocols.framing.Body).
+    __hash__ = object.__hash__
+
     connecting = "connecting"
     ready = "ready"
     waiting = "waiting"
@@ -224,7 +229,14 @@ class UpstreamConnection(Protocol):
     @ivar state: a L{ConnectionState}.
     @ivar requests: requests sent on it.
     @ivar connectSeconds: how long its connect took.
+    @ivar moreFollows: C{True} during L{IExchange.responseStarted} or
+        L{IExchange.responseBody} when another call for the same response
+        (bytes read with these, or its end) follows before the connection
+        returns to the reactor: the caller may hold back what it would write
+        and write it with what that call brings.
     """
+
+    moreFollows = False
 
     _log = Logger()
 
@@ -240,7 +252,8 @@ class UpstreamConnection(Protocol):
         self._started = False
         self._requestDone = False
         self._paused = False
-        self._timer: Any = None
+        # Watched by the pool for the response timeout (see L{_timedOut}).
+        self._timed = False
         self._timeout = 0.0
         self._lastWrite = 0.0
         self._idleSince = 0.0
@@ -289,10 +302,11 @@ class UpstreamConnection(Protocol):
         self._reader.expect(method)
         self.transport.write(head)
         if responseTimeout is not None:
-            reactor = self._pool.reactor
+            pool = self._pool
             self._timeout = responseTimeout
-            self._lastWrite = reactor.seconds()
-            self._timer = reactor.callLater(responseTimeout, self._timerFired)
+            self._lastWrite = pool.reactor.seconds()
+            self._timed = True
+            pool._watchResponse(self)
 
     def writeBody(self, data: bytes) -> None:
         """
@@ -301,7 +315,7 @@ class UpstreamConnection(Protocol):
         """
         if self.state in _WRITABLE:
             self.transport.write(data)
-            if self._timer is not None:
+            if self._timed:
                 self._lastWrite = self._pool.reactor.seconds()
 
     def finishRequest(self) -> None:
@@ -313,7 +327,7 @@ class UpstreamConnection(Protocol):
         if self._requestDone or state not in _WRITABLE:
             return
         self._requestDone = True
-        if self._timer is not None:
+        if self._timed:
             self._lastWrite = self._pool.reactor.seconds()
         if state is _S.finishing:
             self._pool._checkin(self)
@@ -494,14 +508,20 @@ class UpstreamConnection(Protocol):
         reason: bytes,
         headers: Headers,
         framing: ResponseFraming,
+        more: bool,
+        inBody: bool,
     ) -> None:
         """
         A final or 101 head: the response timeout is met; tell the exchange.
         """
-        self._cancelTimer()
-        if self._reader.inBody:
+        if self._timed:  # _cancelTimer, inline
+            self._timed = False
+            self._pool._unwatchResponse(self)
+        if inBody:
             self.state = _S.reading
+        self.moreFollows = more
         self._exchange.responseStarted(version, status, reason, headers, framing)
+        self.moreFollows = False
 
     def _responseInformational(
         self, status: int, reason: bytes, headers: Headers
@@ -511,11 +531,13 @@ class UpstreamConnection(Protocol):
         """
         self._exchange.informational(status, reason, headers)
 
-    def _responseBody(self, data: bytes) -> None:
+    def _responseBody(self, data: bytes, more: bool) -> None:
         """
         Body bytes: pass them on.
         """
+        self.moreFollows = more
         self._exchange.responseBody(data)
+        self.moreFollows = False
 
     def _responseDone(self, extra: bool) -> None:
         """
@@ -563,17 +585,13 @@ class UpstreamConnection(Protocol):
 
     # Internals
 
-    def _timerFired(self) -> None:
+    def _timedOut(self) -> None:
         """
-        The response timeout may be up: fail the exchange, or look again
-        when it would be (writes since it was set pushed it back).
+        The response timeout is up (the pool, which watches every
+        connection waiting for a response on one timer, found it so): fail
+        the exchange.
         """
-        reactor = self._pool.reactor
-        remaining = self._lastWrite + self._timeout - reactor.seconds()
-        if remaining > 1e-6:
-            self._timer = reactor.callLater(remaining, self._timerFired)
-            return
-        self._timer = None
+        self._cancelTimer()
         exchange, self._exchange = self._exchange, None
         self._reader.stop()
         self._log.info(
@@ -588,11 +606,9 @@ class UpstreamConnection(Protocol):
         """
         Stop the response timeout, if it runs.
         """
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        if self._timed:
+            self._timed = False
+            self._pool._unwatchResponse(self)
 
     def _hold(self, data: bytes) -> None:
         """

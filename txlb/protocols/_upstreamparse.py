@@ -76,9 +76,13 @@ class ResponseSink(TypingProtocol):
         reason: bytes,
         headers: Headers,
         framing: ResponseFraming,
+        more: bool,
+        inBody: bool,
     ) -> None:
         """
-        A final (or 101) response head arrived and passed validation.
+        A final (or 101) response head arrived and passed validation;
+        C{more}: another event of this response follows before L{feed}
+        returns; C{inBody}: a body is to be read (L{ResponseReader.inBody}).
         """
 
     def _responseInformational(
@@ -88,9 +92,10 @@ class ResponseSink(TypingProtocol):
         An interim 1xx response (not 101) arrived and passed validation.
         """
 
-    def _responseBody(self, data: bytes) -> None:
+    def _responseBody(self, data: bytes, more: bool) -> None:
         """
-        Body bytes, de-chunked.
+        Body bytes, de-chunked; C{more}: another event of this response
+        follows before L{feed} returns.
         """
 
     def _responseDone(self, extra: bool) -> None:
@@ -120,6 +125,9 @@ class _Phase(enum.Enum):
     @cvar close: the rest of a body that ends when the connection does.
     @cvar done: nothing more: the response ended, failed, or was given up.
     """
+
+    # An identity hash, in C (see txlb.protocols.framing.Body).
+    __hash__ = object.__hash__
 
     idle = "idle"
     head = "head"
@@ -163,6 +171,7 @@ class ResponseReader:
         self._resetHead()
         self._remaining = 0
         self._pieces: list[bytes] = []
+        self._overrun = False
         self._tail = b""
 
     def _resetHead(self) -> None:
@@ -174,7 +183,7 @@ class ResponseReader:
         self._headDone = False
         self._messageDone = False
         self._reason = b""
-        self._headers: Headers = []
+        self._headers: Headers | None = []
 
     def expect(self, method: bytes) -> None:
         """
@@ -183,7 +192,13 @@ class ResponseReader:
         self._method = method
         self._interim = 0
         self.framing = None
-        self._resetHead()
+        # L{_resetHead}, inline: this runs for every request.
+        self._headSize = 0
+        self._headTail = b""
+        self._headDone = False
+        self._messageDone = False
+        self._reason = b""
+        self._headers = []
         self._stopped = False
         self._phase = _Phase.head
 
@@ -206,14 +221,14 @@ class ResponseReader:
         Read C{data}, the next bytes from the backend.
         """
         phase = self._phase
-        if phase is _Phase.length:
+        if phase is _Phase.head:
+            self._readHeads(data)
+        elif phase is _Phase.length:
             self._readLength(data)
         elif phase is _Phase.chunked:
             self._readChunked(data)
         elif phase is _Phase.close:
-            self._sink._responseBody(data)
-        elif phase is _Phase.head:
-            self._readHeads(data)
+            self._sink._responseBody(data, False)
 
     def connectionClosed(self, clean: bool) -> bool:
         """
@@ -268,7 +283,13 @@ class ResponseReader:
         Read head bytes, and what follows each head that ends in C{data}.
         """
         while True:
-            end = self._findHeadEnd(data)
+            if self._headTail:
+                end = self._findHeadEnd(data)
+            else:
+                # The usual case: the head starts in this read.
+                end = data.find(_HEAD_END)
+                if end != -1:
+                    end += 4
             if end == -1:
                 self._headSize += len(data)
                 if self._headSize > self._maxHeadSize:
@@ -333,22 +354,41 @@ class ResponseReader:
             # llhttp still expects a body it will not be fed (HEAD, or a
             # length or close-delimited body counted here): start afresh.
             self._parser = None
+        # Trailers, after a chunked body, are dropped.
+        self._headers = None
         self.framing = framing
         body = framing.body
+        # Whether the sink hears more of this response before feed returns:
+        # the end of a response without a body, or body bytes read with its
+        # head (a chunked body may need more bytes for its first piece).
+        error = None
         if status == 101:
             self._parser = None
-            self._phase = _Phase.done
+            phase = _Phase.done
+            more = True
         elif body is Body.LENGTH and framing.contentLength:
-            self._phase = _Phase.length
+            phase = _Phase.length
             self._remaining = framing.contentLength
+            more = bool(rest)
         elif body is Body.CHUNKED:
-            self._phase = _Phase.chunked
+            phase = self._phase = _Phase.chunked
             self._tail = b""
+            more = False
+            if rest:
+                # Parse what came with the head first, to know whether
+                # anything of the body follows at once.
+                error = self._feedChunked(rest)
+                more = error is not None or bool(self._pieces) or self._messageDone
         elif body is Body.CLOSE:
-            self._phase = _Phase.close
+            phase = _Phase.close
+            more = bool(rest)
         else:
-            self._phase = _Phase.done
-        sink._responseHead(version, status, reason, headers, framing)
+            phase = _Phase.done
+            more = True
+        self._phase = phase
+        sink._responseHead(
+            version, status, reason, headers, framing, more, phase is not _Phase.done
+        )
         if self._stopped:
             return False
         if self._phase is _Phase.done:
@@ -358,7 +398,12 @@ class ResponseReader:
                 # No body: the response ends with its head.
                 sink._responseDone(bool(rest))
         elif rest:
-            self.feed(rest)
+            if phase is _Phase.length:
+                self._readLength(rest)
+            elif phase is _Phase.chunked:
+                self._reportChunked(error)
+            else:
+                self.feed(rest)
         return False
 
     # Bodies
@@ -371,11 +416,11 @@ class ResponseReader:
         size = len(data)
         if size < remaining:
             self._remaining = remaining - size
-            self._sink._responseBody(data)
+            self._sink._responseBody(data, False)
             return
         self._remaining = 0
         extra = size > remaining
-        self._sink._responseBody(data[:remaining] if extra else data)
+        self._sink._responseBody(data[:remaining] if extra else data, True)
         if self._phase is _Phase.length:
             self._phase = _Phase.done
             self._sink._responseDone(extra)
@@ -384,30 +429,49 @@ class ResponseReader:
         """
         Read bytes of a chunked body through llhttp.
         """
+        self._reportChunked(self._feedChunked(data))
+
+    def _feedChunked(self, data: bytes) -> str | None:
+        """
+        Feed bytes of a chunked body to llhttp, collecting its pieces in
+        C{self._pieces} for L{_reportChunked}.
+
+        @return: why the body is malformed, or C{None}.
+        """
         parser = self._parser
         assert parser is not None
-        self._pieces = pieces = []
-        overrun = False
+        self._pieces = []
+        self._overrun = False
         try:
             parser.feed_data(data)
         except HttpParserError as e:
             if not self._messageDone:
-                self._bad(f"malformed chunked body: {e}")
-                return
+                return f"malformed chunked body: {e}"
             # A byte after the message: llhttp began another one (which
             # L{on_message_begin} stopped) or refused it.
-            overrun = True
+            self._overrun = True
         self._tail = (self._tail + data[-5:])[-5:]
+        return None
+
+    def _reportChunked(self, error: str | None) -> None:
+        """
+        Report what L{_feedChunked} found.
+        """
+        if error is not None:
+            self._bad(error)
+            return
+        pieces = self._pieces
         if pieces:
             self._sink._responseBody(
-                pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces[0] if len(pieces) == 1 else b"".join(pieces),
+                self._messageDone,
             )
             if self._phase is not _Phase.chunked:
                 return
         if self._messageDone:
             # The message ends with CRLFCRLF after a byte that is neither:
             # a CR or LF there means CR or LF bytes followed it.
-            extra = overrun or self._tail[:1] in _LINE_ENDS
+            extra = self._overrun or self._tail[:1] in _LINE_ENDS
             self._phase = _Phase.done
             self._sink._responseDone(extra)
 
@@ -439,8 +503,9 @@ class ResponseReader:
         """
         One header line (trailers, after a chunked body, are dropped).
         """
-        if self._phase is _Phase.head:
-            self._headers.append((name, value))
+        headers = self._headers
+        if headers is not None:
+            headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """

@@ -69,7 +69,6 @@ _HOST_CHARS = _ALNUM + b"-._~"
 
 _badNameChar = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _badValueChar = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
-_TCHAR_LF = _TCHAR + b"\n"
 _FIELD_CHARS_LF = _FIELD_CHARS + b"\n"
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -122,6 +121,11 @@ class Body(enum.Enum):
     """
     How a message body is delimited.
     """
+
+    # Members are singletons compared by identity: hash them by identity
+    # too, in C (Enum.__hash__ is Python code, and members are looked up in
+    # sets and dicts on the hot path).
+    __hash__ = object.__hash__
 
     #: No body, by rule (HEAD, 1xx, 204, 304) or because nothing announces one.
     NONE = "none"
@@ -216,10 +220,28 @@ class ResponsePlan:
     close: bool
 
 
+# Host values already found valid: a listener sees the same few on nearly
+# every request.  Bounded like L{_KNOWN_NAMES}.
+_VALID_HOSTS: set[bytes] = set()
+_MAX_VALID_HOSTS = 1024
+
+
 def _validHost(host: bytes) -> bool:
     """
     @return: C{host} is C{reg-name}, an IPv4 address or an IPv6 literal, then
         an optional C{:port} of 1 to 5 digits up to 65535.
+    """
+    if host in _VALID_HOSTS:
+        return True
+    valid = _checkHost(host)
+    if valid and len(_VALID_HOSTS) < _MAX_VALID_HOSTS:
+        _VALID_HOSTS.add(host)
+    return valid
+
+
+def _checkHost(host: bytes) -> bool:
+    """
+    L{_validHost}, without the memory.
     """
     if host.startswith(b"["):
         end = host.find(b"]")
@@ -290,6 +312,29 @@ def _diagnose(headers: Headers, status: int) -> NoReturn:
 
 _Values = list[bytes] | None
 
+# Up to this many header lines, L{_scan} checks each value on its own.
+_FEW_HEADERS = 3
+
+# Header names already found to be tokens, mapped to their lowercase form:
+# the same few dozen names arrive on nearly every message, and a dict lookup
+# costs less than checking and lowering one.  Bounded: once full, new names
+# are checked every time.
+_KNOWN_NAMES: dict[bytes, bytes] = {}
+_MAX_KNOWN_NAMES = 1024
+
+
+def _checkName(name: bytes, headers: Headers, status: int) -> bytes:
+    """
+    @return: C{name}, a header name not seen before, in lowercase.
+    @raise HeaderError: it is not a token.
+    """
+    if not name or name.translate(None, _TCHAR):
+        _diagnose(headers, status)
+    lowered = name.lower()
+    if len(_KNOWN_NAMES) < _MAX_KNOWN_NAMES:
+        _KNOWN_NAMES[name] = lowered
+    return lowered
+
 
 def _scan(
     version: tuple[int, int], headers: Headers, status: int
@@ -304,28 +349,30 @@ def _scan(
     """
     if not headers:
         return None, None, None, _NO_TOKENS, None, None
-    # Joining the names and the values with LF and scanning each join once
-    # costs about half of checking line by line; LF passes the scan and is
-    # then counted, so one inside a name or value is still caught.
-    separators = len(headers) - 1
-    names = b"\n".join([name for name, _ in headers])
-    values = b"\n".join([value for _, value in headers])
-    if (
-        names.translate(None, _TCHAR_LF)
-        or values.translate(None, _FIELD_CHARS_LF)
-        or names.count(b"\n") != separators
-        or values.count(b"\n") != separators
-    ):
-        _diagnose(headers, status)
-    found: dict[bytes, list[bytes]] = {}
-    for name, value in headers:
-        if value[:1] in _WS_START:
+    # A few values cost less checked one by one; more, joined with LF and
+    # scanned once (LF passes the scan and is then counted, so one inside a
+    # value is still caught).
+    few = len(headers) <= _FEW_HEADERS
+    if not few:
+        values = b"\n".join([value for _, value in headers])
+        if (
+            values.translate(None, _FIELD_CHARS_LF)
+            or values.count(b"\n") != len(headers) - 1
+        ):
             _diagnose(headers, status)
-        lowered = name.lower()
+    found: dict[bytes, list[bytes]] = {}
+    known = _KNOWN_NAMES
+    for name, value in headers:
+        if (few and value.translate(None, _FIELD_CHARS)) or value[:1] in _WS_START:
+            _diagnose(headers, status)
+        lowered = known.get(name)
+        if lowered is None:
+            lowered = _checkName(name, headers, status)
         if lowered in _INTERESTING:
-            if not lowered:
-                _diagnose(headers, status)
-            found.setdefault(lowered, []).append(value)
+            if lowered in found:
+                found[lowered].append(value)
+            else:
+                found[lowered] = [value]
     if not found:
         return None, None, None, _NO_TOKENS, None, None
     lengths = found.get(b"content-length")
@@ -346,9 +393,16 @@ def _scan(
         length = lengths[0]
         if not (0 < len(length) <= MAX_CONTENT_LENGTH_DIGITS and length.isdigit()):
             raise HeaderError(status, "invalid Content-Length")
-    tokens = _NO_TOKENS if connection is None else _tokens(connection, status)
-    if not tokens.isdisjoint(_UNNAMEABLE):
-        raise HeaderError(status, "Connection names a framing header")
+    if connection is None:
+        tokens = _NO_TOKENS
+    else:
+        # The common values, without the call (see _tokens).
+        tokens = (
+            _COMMON_CONNECTION.get(connection[0].lower())
+            if len(connection) == 1 else None
+        ) or _tokens(connection, status)
+        if not tokens.isdisjoint(_UNNAMEABLE):
+            raise HeaderError(status, "Connection names a framing header")
     return (
         lengths,
         codings,
@@ -367,12 +421,6 @@ def _namesH2C(upgrade: bytes) -> bool:
         element.strip(_WS).partition(b"/")[0].lower() == _H2C
         for element in upgrade.split(b",")
     )
-
-
-def _keepAlive(version: tuple[int, int], tokens: frozenset[bytes]) -> bool:
-    if b"close" in tokens:
-        return False
-    return version[1] >= 1 or b"keep-alive" in tokens
 
 
 def validateRequestHeaders(
@@ -426,15 +474,32 @@ def validateRequestHeaders(
             # would let the client send further requests straight to the
             # backend, past routing and this header policy ("h2c smuggling").
             upgrade = None
+    # HTTP/1.1 keeps the connection unless told to close; 1.0 only if asked.
+    keepAlive = b"close" not in tokens and (version[1] >= 1 or b"keep-alive" in tokens)
+    if lengths is None and codings is None and upgrade is None and not expectContinue:
+        # Most requests: no body, nothing special.  The answer depends on
+        # three values that repeat from request to request; it is frozen, so
+        # one instance serves them all.
+        key = (host, keepAlive, tokens)
+        framing = _PLAIN_REQUESTS.get(key)
+        if framing is None:
+            framing = RequestFraming(None, False, host, keepAlive, None, False, tokens)
+            if len(_PLAIN_REQUESTS) < _MAX_PLAIN_REQUESTS:
+                _PLAIN_REQUESTS[key] = framing
+        return framing
     return RequestFraming(
         contentLength=None if lengths is None else int(lengths[0]),
         chunked=codings is not None,
         host=host,
-        keepAlive=_keepAlive(version, tokens),
+        keepAlive=keepAlive,
         upgrade=upgrade,
         expectContinue=expectContinue,
         connectionTokens=tokens,
     )
+
+
+_PLAIN_REQUESTS: dict[tuple[object, ...], RequestFraming] = {}
+_MAX_PLAIN_REQUESTS = 1024
 
 
 def validateResponseHeaders(
@@ -468,7 +533,8 @@ def validateResponseHeaders(
         raise HeaderError(502, "too many headers")
     lengths, codings, _hosts, tokens, upgrades, _expects = _scan(version, headers, 502)
     length = None if lengths is None else int(lengths[0])
-    keepAlive = _keepAlive(version, tokens)
+    # As for a request (see validateRequestHeaders).
+    keepAlive = b"close" not in tokens and (version[1] >= 1 or b"keep-alive" in tokens)
     upgrade = None
     if status < 200 or status == 204:
         if codings is not None or length:
@@ -479,12 +545,26 @@ def validateResponseHeaders(
             upgrade = upgrades[0] if len(upgrades) == 1 else b", ".join(upgrades)
         return ResponseFraming(status, Body.NONE, None, keepAlive, upgrade, tokens)
     if status == 304 or requestMethod == b"HEAD":
-        return ResponseFraming(status, Body.NONE, length, keepAlive, None, tokens)
-    if codings is not None:
-        return ResponseFraming(status, Body.CHUNKED, None, keepAlive, None, tokens)
-    if length is not None:
-        return ResponseFraming(status, Body.LENGTH, length, keepAlive, None, tokens)
-    return ResponseFraming(status, Body.CLOSE, None, False, None, tokens)
+        body = Body.NONE
+    elif codings is not None:
+        body, length = Body.CHUNKED, None
+    elif length is not None:
+        body = Body.LENGTH
+    else:
+        body, keepAlive = Body.CLOSE, False
+    # Like L{_PLAIN_REQUESTS}: a backend sends the same few framings over
+    # and over (same status, same length), and one frozen instance serves.
+    key = (status, body, length, keepAlive, tokens)
+    framing = _RESPONSES.get(key)
+    if framing is None:
+        framing = ResponseFraming(status, body, length, keepAlive, None, tokens)
+        if len(_RESPONSES) < _MAX_RESPONSES:
+            _RESPONSES[key] = framing
+    return framing
+
+
+_RESPONSES: dict[tuple[object, ...], ResponseFraming] = {}
+_MAX_RESPONSES = 1024
 
 
 def planResponse(
@@ -503,10 +583,17 @@ def planResponse(
         close-delimited (so the connection closes) to an HTTP/1.0 client.
     """
     if framing.status < 200:
-        return ResponsePlan(Body.NONE, False)
+        return _PLANS[Body.NONE, False]
     body = framing.body
     if body is Body.CHUNKED or body is Body.CLOSE:
         if clientVersion < (1, 1):
-            return ResponsePlan(Body.CLOSE, True)
-        return ResponsePlan(Body.CHUNKED, not clientKeepAlive)
-    return ResponsePlan(body, not clientKeepAlive)
+            return _PLANS[Body.CLOSE, True]
+        return _PLANS[Body.CHUNKED, not clientKeepAlive]
+    return _PLANS[body, not clientKeepAlive]
+
+
+# Every plan there is, made once: a plan is frozen, and one is needed per
+# response.
+_PLANS = {
+    (body, close): ResponsePlan(body, close) for body in Body for close in (False, True)
+}

@@ -31,6 +31,7 @@ from txlb.protocols.framing import (
     _CONTINUE,
     _FIELD_CHARS,
     _FRAMING,
+    _KNOWN_NAMES,
     _WS,
     MAX_CONTENT_LENGTH_DIGITS,
     MAX_HEADERS,
@@ -264,6 +265,7 @@ def forwardRequestHeaders(
     framing: RequestFraming,
     policy: ForwardingPolicy,
     client: ClientInfo,
+    requestId: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """
     Build the header block txlb sends to a backend for one request.
@@ -290,38 +292,45 @@ def forwardRequestHeaders(
         C{connectionTokens} the headers to drop.
     @param policy: the listener's (or pool's) forwarding policy.
     @param client: the request's client.
+    @param requestId: the id to send when the client brought no valid one,
+        instead of C{client.requestId} (so that one L{ClientInfo} can serve
+        a whole connection).
     @return: new header lines; those txlb writes have canonical names.
     """
     trusted = policy.isTrusted(client.peer)
     drop = policy._requestDrop
     named = framing.connectionTokens
-    requestIdName = policy._requestIdName
     out: list[tuple[bytes, bytes]] = [(b"Host", b"")]
+    # The values of dropped headers txlb may pass on, by lowercase name;
+    # most requests carry none.
+    kept: dict[bytes, list[bytes]] | None = None
+    known = _KNOWN_NAMES
+    for header in headers:
+        # Validation met these names just before: their lowercase forms are
+        # remembered (with their hashes), which costs less than lowering.
+        lowered = known.get(header[0]) or header[0].lower()
+        if lowered in named:
+            continue
+        if lowered in drop:
+            if lowered == policy._requestIdName or (trusted and lowered in _TRUSTABLE):
+                if kept is None:
+                    kept = {}
+                kept.setdefault(lowered, []).append(header[1])
+            continue
+        if b"_" in lowered and _spoofsProtected(lowered, drop):
+            continue
+        out.append(header)
     forwardedFor: list[bytes] = []
     forwarded: list[bytes] = []
     proto: list[bytes] = []
     originalHost: list[bytes] = []
     requestIds: list[bytes] = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in named:
-            continue
-        if lowered in drop:
-            if lowered == requestIdName:
-                requestIds.append(value)
-            elif trusted and lowered in _TRUSTABLE:
-                if lowered == b"x-forwarded-for":
-                    forwardedFor.append(value)
-                elif lowered == b"forwarded":
-                    forwarded.append(value)
-                elif lowered == b"x-forwarded-proto":
-                    proto.append(value)
-                else:
-                    originalHost.append(value)
-            continue
-        if b"_" in lowered and _spoofsProtected(lowered, drop):
-            continue
-        out.append((name, value))
+    if kept is not None:
+        forwardedFor = kept.get(b"x-forwarded-for", forwardedFor)
+        forwarded = kept.get(b"forwarded", forwarded)
+        proto = kept.get(b"x-forwarded-proto", proto)
+        originalHost = kept.get(b"x-forwarded-host", originalHost)
+        requestIds = kept.get(policy._requestIdName, requestIds)
 
     host = framing.host
     out[0] = (b"Host", policy.hostRewrite or host or b"")
@@ -347,7 +356,10 @@ def forwardRequestHeaders(
     if len(requestIds) == 1 and _validRequestId(requestIds[0]):
         out.append((policy.requestIdHeader, requestIds[0]))
     else:
-        out.append((policy.requestIdHeader, client.requestId))
+        out.append((
+            policy.requestIdHeader,
+            client.requestId if requestId is None else requestId,
+        ))
     if policy.forwardedBy is not None:
         out.append((b"X-Forwarded-By", policy.forwardedBy))
     if framing.upgrade is not None:
@@ -377,6 +389,7 @@ def forwardResponseHeaders(
     backendName: str | bytes,
     clientKeepAlive: bool,
     clientVersion: tuple[int, int],
+    plan: ResponsePlan | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """
     Build the header block txlb sends to the client for one response.
@@ -397,18 +410,22 @@ def forwardResponseHeaders(
     @param backendName: the backend's name, for C{X-Backend-Server}.
     @param clientKeepAlive: see L{planResponse}.
     @param clientVersion: see L{planResponse}.
+    @param plan: what L{planResponse} returns for these, when the caller
+        has it already.
     @return: new header lines; those txlb writes have canonical names.
     """
     drop = _RESPONSE_DROP_BACKEND if policy.backendHeader else _RESPONSE_DROP
     named = framing.connectionTokens
     out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        lowered = name.lower()
+    known = _KNOWN_NAMES
+    for header in headers:
+        # As in forwardRequestHeaders.
+        lowered = known.get(header[0]) or header[0].lower()
         if lowered in drop or lowered in named:
             continue
         if b"_" in lowered and _spoofsProtected(lowered, _RESPONSE_PROTECTED):
             continue
-        out.append((name, value))
+        out.append(header)
 
     status = framing.status
     if status == 101:
@@ -416,7 +433,8 @@ def forwardResponseHeaders(
             out.append((b"Connection", b"upgrade"))
             out.append((b"Upgrade", framing.upgrade))
     elif status >= 200:
-        plan = planResponse(framing, clientKeepAlive, clientVersion)
+        if plan is None:
+            plan = planResponse(framing, clientKeepAlive, clientVersion)
         if plan.body is Body.CHUNKED:
             out.append((b"Transfer-Encoding", _CHUNKED))
         elif framing.contentLength is not None:

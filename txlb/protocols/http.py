@@ -17,19 +17,16 @@ to a bound, beyond which the client is not read.
 from __future__ import annotations
 
 import collections
-import itertools
-import os
-import time
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import attrs
 import httptools
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txlb.limits import ConnectionLimit
 from txlb.protocols._httpparts import (
+    _COALESCE,
     _CONTINUE,
     BODY_HIGH_WATER,
     IDEMPOTENT,
@@ -38,12 +35,15 @@ from txlb.protocols._httpparts import (
     L7Pool,
     ProxiedRequest,
     RetryPolicy,
+    _accessRecord,
     _BadUpgrade,
     _Closing,
     _cookie,
+    _Deadline,
     _describe,
     _errorResponse,
     _Exchange,
+    _FactoryBase,
     _frameBody,
     _hashKey,
     _originForm,
@@ -68,7 +68,6 @@ from txlb.protocols.upstream import (
     ResponseTimeout,
     UpstreamConnection,
 )
-from txlb.routing import Router
 
 __all__ = [
     "BODY_HIGH_WATER",
@@ -94,7 +93,7 @@ class HTTPProxyProtocol(Protocol):
         self.parsing: ProxiedRequest | None = None
         self.parser: Any = None
         self.pauses: set[str] = set()
-        self.timer: Any = None
+        self.timer: _Deadline | None = None
         self.closing = False
         self.ignoreInput = False
         self.admitted = False
@@ -106,6 +105,8 @@ class HTTPProxyProtocol(Protocol):
         # Some part of the head being parsed was reported during this read.
         self.headProgress = False
         self.peer = ""
+        self.peerAddress: Any = None
+        self.client: ClientInfo | None = None
         self.bodyHeld = 0
 
     # ------------------------------------------------------------ connection
@@ -123,17 +124,22 @@ class HTTPProxyProtocol(Protocol):
             return
         self.admitted = True
         factory.openConnections.add(self)
-        peer = self.transport.getPeer()
+        peer = self.peerAddress = self.transport.getPeer()
         self.peer = getattr(peer, "host", "") or ""
+        # The request id is filled in per request.
+        self.client = ClientInfo(peer=self.peer, scheme=factory.settings.scheme,
+                                 requestId=b"")
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None and getattr(peer, "port", None) is not None:
             setNoDelay(True)
         self.parser = httptools.HttpRequestParser(self)
-        self.startTimer(factory.settings.headerTimeout, self.headerTimedOut)
+        self.timer = _Deadline(factory.reactor, factory.settings.headerTimeout)
+        self.timer.set(factory.settings.headerTimeout, self.headerTimedOut)
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closing = True
-        self.cancelTimer()
+        if self.timer is not None:
+            self.timer.stop()
         for request in self.queue:
             self.abandon(request)
         self.queue.clear()
@@ -180,23 +186,11 @@ class HTTPProxyProtocol(Protocol):
 
     # ---------------------------------------------------------------- timers
 
-    def startTimer(self, seconds: float | None, callback: Callable[[], None]) -> None:
-        self.cancelTimer()
-        if seconds is not None:
-            self.timer = self.reactor.callLater(seconds, callback)
-
-    def cancelTimer(self) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
-
     def headerTimedOut(self) -> None:
         """
         The request head did not arrive in time: 408 (when nothing else is
         being answered) and close.
         """
-        self.timer = None
         if self.queue:
             # An earlier request is still being answered; this one is late.
             self.transport.abortConnection()
@@ -210,7 +204,6 @@ class HTTPProxyProtocol(Protocol):
         """
         A kept-alive connection waited too long for its next request.
         """
-        self.timer = None
         self.closing = True
         self.transport.loseConnection()
 
@@ -275,7 +268,8 @@ class HTTPProxyProtocol(Protocol):
             else:
                 self.rejectParsing(400, _parserReason(e))
         else:
-            self.checkPendingHead(len(data))
+            if self.parsing is not None:
+                self.checkPendingHead(len(data))
 
     def checkPendingHead(self, received: int) -> None:
         """
@@ -308,7 +302,7 @@ class HTTPProxyProtocol(Protocol):
         if request.framing is None:
             # Refused in its head: not queued yet.
             if not self.queue:
-                self.cancelTimer()
+                self.timer.clear()
             self.queue.append(request)
             if len(self.queue) == 1:
                 self.dispatch()
@@ -343,14 +337,17 @@ class HTTPProxyProtocol(Protocol):
     def on_message_begin(self) -> None:
         if self.closing:
             raise _Closing()
-        request = ProxiedRequest(started=self.reactor.seconds())
+        factory = self.factory
+        # Set after: a keyword among ProxiedRequest's many costs more.
+        request = ProxiedRequest()
+        request.started = factory.reactor.seconds()
         self.parsing = request
         self.headProgress = True
         if self.firstHead:
             # The deadline started at connectionMade runs on.
             self.firstHead = False
         elif not self.queue:
-            self.startTimer(self.factory.settings.headerTimeout, self.headerTimedOut)
+            self.timer.set(factory.settings.headerTimeout, self.headerTimedOut)
 
     def on_url(self, url: bytes) -> None:
         self.headProgress = True
@@ -371,14 +368,18 @@ class HTTPProxyProtocol(Protocol):
     def on_headers_complete(self) -> None:
         request = self.parsing
         parser = self.parser
-        if not self.queue:
-            self.cancelTimer()
+        queue = self.queue
+        if not queue:
+            # self.timer.clear(), inline.
+            self.timer.deadline = None
         version = parser.get_http_version()
-        request.version = (1, 1) if version == "1.1" else (1, 0) if version == "1.0" else (0, 0)
-        if request.version == (0, 0):
-            raise _Reject(505, "unsupported HTTP version")
-        request.method = parser.get_method()
-        if request.method == b"CONNECT":
+        if version != "1.1":
+            if version != "1.0":
+                request.version = (0, 0)
+                raise _Reject(505, "unsupported HTTP version")
+            request.version = (1, 0)
+        method = request.method = parser.get_method()
+        if method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
         try:
             framing = validateRequestHeaders(request.version, request.headers)
@@ -386,30 +387,32 @@ class HTTPProxyProtocol(Protocol):
             raise _Reject(e.status, e.reason) from None
         target = request.target
         if not target.startswith(b"/"):
-            if target == b"*" and request.method == b"OPTIONS":
+            if target == b"*" and method == b"OPTIONS":
                 pass
             else:
                 target, host = _originForm(target)
                 request.target = target
                 if host is not None:
                     framing = attrs.evolve(framing, host=host)
-        maxBody = self.factory.settings.maxBodySize
+        factory = self.factory
+        maxBody = factory.settings.maxBodySize
         if maxBody is not None and (framing.contentLength or 0) > maxBody:
             raise _Reject(413, "request body too large")
         request.framing = framing
-        factory = self.factory
-        request.l7pool = factory.pools[
-            factory.router.route(framing.host, request.target, request.headers)
+        l7pool = request.l7pool = factory.pools[
+            factory.router.route(framing.host, target, request.headers)
         ]
-        request.l7pool.budget.requests += 1
+        l7pool.budget.requests += 1
         request.counted = True
-        if framing.body is Body.NONE:
+        if not framing.chunked and not framing.contentLength:
+            # No body (RequestFraming.body is Body.NONE, without the call).
             request.bodyDone = True
-        self.queue.append(request)
-        if len(self.queue) > MAX_PIPELINE:
+        queue.append(request)
+        if len(queue) > MAX_PIPELINE:
             self.pauseReading("pipeline")
-        if len(self.queue) == 1:
-            self.dispatch()
+        elif len(queue) == 1:
+            # dispatch(), for a request that is not an error.
+            self.tryBackend(request)
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing
@@ -431,6 +434,10 @@ class HTTPProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         request = self.parsing
         self.parsing = None
+        if request.bodyDone:
+            # No body: its backend request is (or will be) finished where
+            # it is sent.
+            return
         request.bodyDone = True
         exchange = request.exchange
         if exchange is not None and exchange.connection is not None and not request.body:
@@ -456,7 +463,6 @@ class HTTPProxyProtocol(Protocol):
         """
         l7pool = request.l7pool
         assert l7pool is not None
-        pool = l7pool.pool
         backend = None
         request.stickyHit = False
         if l7pool.stickyCookie is not None and not request.tried:
@@ -465,10 +471,11 @@ class HTTPProxyProtocol(Protocol):
                 backend = l7pool.stickyBackend(token)
                 request.stickyHit = backend is not None
         if backend is None:
-            backend = pool.pick(
-                clientAddress=self.transport.getPeer(),
+            hashKey = l7pool.hashKey
+            backend = l7pool.pool.pick(
+                clientAddress=self.peerAddress,
                 request=request,
-                hashKey=_hashKey(l7pool.hashKey, request, self.peer),
+                hashKey=None if hashKey is None else _hashKey(hashKey, request, self.peer),
                 exclude=request.tried,
             )
         if backend is None:
@@ -489,10 +496,16 @@ class HTTPProxyProtocol(Protocol):
         backend.acquire()
         exchange = _Exchange(self, request, backend)
         request.exchange = exchange
-        if fresh:
-            d = l7pool.upstreams.connect(backend, fresh=True)
+        upstreams = l7pool.upstreams
+        if not fresh:
+            # An idle connection needs no Deferred: most requests take one.
+            connection = upstreams.takeIdle(backend)
+            if connection is not None:
+                self.backendConnected(connection, exchange)
+                return
+            d = upstreams.connect(backend)
         else:
-            d = l7pool.upstreams.connect(backend)
+            d = upstreams.connect(backend, fresh=True)
         exchange.connecting = d
         d.addCallbacks(self.backendConnected, self.connectFailed,
                        callbackArgs=(exchange,), errbackArgs=(exchange,))
@@ -501,12 +514,13 @@ class HTTPProxyProtocol(Protocol):
                          exchange: _Exchange) -> None:
         exchange.connecting = None
         request = exchange.request
-        if not exchange.current:
+        if request.exchange is not exchange:
             connection.abort()
             return
         exchange.connection = connection
         framing = request.framing
-        assert framing is not None and request.l7pool is not None
+        l7pool = request.l7pool
+        assert framing is not None and l7pool is not None
         sendFraming = framing
         if framing.expectContinue:
             # txlb answers the expectation itself once a backend is ready,
@@ -514,21 +528,14 @@ class HTTPProxyProtocol(Protocol):
             sendFraming = attrs.evolve(framing, expectContinue=False)
             if not request.bodyDone and not request.body:
                 self.transport.write(_CONTINUE)
-        policy = request.l7pool.policy
         headers = forwardRequestHeaders(
-            request.headers,
-            sendFraming,
-            policy,
-            ClientInfo(
-                peer=self.peer,
-                scheme=self.factory.settings.scheme,
-                requestId=self.factory.newRequestId(),
-            ),
+            request.headers, sendFraming, l7pool.policy, self.client,
+            requestId=self.factory.newRequestId(),
         )
-        head = _requestHead(request.method, request.target, headers)
-        connection.sendRequest(head, request.method, exchange,
-                               request.l7pool.retry.perTryTimeout)
-        if not exchange.current:
+        method = request.method
+        connection.sendRequest(_requestHead(method, request.target, headers),
+                               method, exchange, l7pool.retry.perTryTimeout)
+        if request.exchange is not exchange:
             # It failed inside sendRequest (a pooled connection found
             # closed), and that was handled: maybe a retry is on its way.
             return
@@ -542,7 +549,14 @@ class HTTPProxyProtocol(Protocol):
             if self.bodyHeld <= BODY_HIGH_WATER:
                 self.resumeReading("body")
         if request.bodyDone:
-            self.finishRequestBody(request, connection)
+            if framing.chunked or request.bodySent:
+                self.finishRequestBody(request, connection)
+            else:
+                # No body: nothing registered on the backend transport for
+                # it, nothing to end it with.
+                if self.pauses:
+                    self.resumeReading("backend")
+                connection.finishRequest()
         else:
             connection.transport.registerProducer(_ReadPause(self, "backend"), True)
 
@@ -620,9 +634,11 @@ class HTTPProxyProtocol(Protocol):
         if status == 101 and not (framing_ and framing_.upgrade):
             self.responseFailed(exchange, Failure(_BadUpgrade()), True)
             return
+        version = request.version
+        plan = request.plan = planResponse(framing, keepAlive, version)
         out = forwardResponseHeaders(
-            headers, framing, l7pool.policy, exchange.backend.name, keepAlive,
-            request.version,
+            headers, framing, l7pool.policy, exchange.backend.name, keepAlive, version,
+            plan,
         )
         if l7pool.stickyCookie is not None and not request.stickyHit and status != 101:
             out.append((
@@ -632,35 +648,67 @@ class HTTPProxyProtocol(Protocol):
             ))
         request.status = status
         request.headSent = True
-        request.plan = planResponse(framing, keepAlive, request.version)
         head = _statusHead(status, reason, out)
         request.bytesOut += len(head)
+        connection = exchange.connection
+        if connection is not None and connection.moreFollows and status != 101:
+            # Body bytes (or the end) were read with this head: write them
+            # together, in one send.  The connection becomes the client
+            # transport's producer only if the response outlasts this read.
+            request.held = head
+            return
         self.transport.write(head)
-        if status != 101 and exchange.connection is not None:
-            self.transport.registerProducer(exchange.connection, True)
+        if status != 101 and connection is not None:
+            self.transport.registerProducer(connection, True)
 
     def responseBody(self, request: ProxiedRequest, data: bytes) -> None:
         if request.plan.body is Body.CHUNKED:
             if not data:
                 return
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-            request.bytesOut += len(data) + len(b"%x" % len(data)) + 4
-        else:
-            self.transport.write(data)
-            request.bytesOut += len(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        request.bytesOut += len(data)
+        transport = self.transport
+        held, request.held = request.held, None
+        small = len(data) <= _COALESCE
+        if held is not None:
+            if small:
+                data = held + data
+            else:
+                transport.write(held)
+        connection = request.exchange.connection
+        if connection.moreFollows:
+            if small:
+                # The end follows at once: write these with it.
+                request.held = data
+                return
+        elif transport.producer is None:
+            # The response goes on after this read (see responseStarted).
+            transport.registerProducer(connection, True)
+        transport.write(data)
 
     def responseComplete(self, exchange: _Exchange) -> None:
         request = exchange.request
+        held, request.held = request.held, None
         if request.plan.body is Body.CHUNKED:
-            self.transport.write(b"0\r\n\r\n")
             request.bytesOut += 5
-        self.unregisterResponseProducer()
-        elapsed = self.reactor.seconds() - exchange.started
-        l7pool = request.l7pool
-        l7pool.pool.observeLatency(exchange.backend, elapsed)
-        exchange.backend.recordResponse(request.status, elapsed)
+            held = (held or b"") + b"0\r\n\r\n"
+        transport = self.transport
+        if held is not None:
+            transport.write(held)
+        if transport.producer is not None:
+            transport.unregisterProducer()
+        backend = exchange.backend
+        elapsed = self.factory.reactor.seconds() - exchange.started
+        request.l7pool.pool.observeLatency(backend, elapsed)
+        backend.recordResponse(request.status, elapsed)
         request.exchange = None
-        self.endAttempt(exchange, request)
+        # endAttempt, inline.
+        if not exchange.released:
+            exchange.released = True
+            backend.release()
+        if request.retrying:
+            request.retrying = False
+            request.l7pool.budget.retries -= 1
         if not request.bodyDone and exchange.connection is not None:
             # The backend answered before the whole body was sent: the
             # connection can neither be finished nor reused.
@@ -755,7 +803,7 @@ class HTTPProxyProtocol(Protocol):
         self.queue.popleft()
         self.uncount(request)
         self.logRequest(request)
-        self.cancelTimer()
+        self.timer.stop()
         self.tunnel = connection
         connection.tunnelTo(self.transport)
         self.transport.registerProducer(connection, True)
@@ -793,8 +841,9 @@ class HTTPProxyProtocol(Protocol):
         """
         C{request} is answered: log it, and go on with the next or close.
         """
-        if self.queue and self.queue[0] is request:
-            self.queue.popleft()
+        queue = self.queue
+        if queue and queue[0] is request:
+            queue.popleft()
         if request.bodyBuffered:
             # Held for a backend that never got it.
             self.bodyHeld -= request.bodyBuffered
@@ -802,56 +851,47 @@ class HTTPProxyProtocol(Protocol):
             request.bodyBuffered = 0
             if self.bodyHeld <= BODY_HIGH_WATER:
                 self.resumeReading("body")
-        self.uncount(request)
-        self.logRequest(request)
+        if request.counted:
+            request.counted = False
+            request.l7pool.budget.requests -= 1
+        # logRequest, inline.
+        factory = self.factory
+        factory.counters["requests"] += 1
+        if factory.accessLog is not None:
+            factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
         if close or self.closing:
             self.closing = True
-            self.cancelTimer()
-            for pending in self.queue:
+            self.timer.clear()
+            for pending in queue:
                 self.abandon(pending)
-            self.queue.clear()
+            queue.clear()
             self.transport.loseConnection()
             return
-        if len(self.queue) <= MAX_PIPELINE:
+        if self.pauses and len(queue) <= MAX_PIPELINE:
             self.resumeReading("pipeline")
-        if self.queue:
+        if queue:
             self.dispatch()
         elif self.parsing is not None:
             # The next request's head is arriving: it gets what is left of
             # its header deadline.
-            timeout = self.factory.settings.headerTimeout
+            timeout = factory.settings.headerTimeout
             if timeout is not None:
                 timeout = max(0.0, timeout - (self.reactor.seconds() - self.parsing.started))
-            self.startTimer(timeout, self.headerTimedOut)
+            self.timer.set(timeout, self.headerTimedOut)
         else:
-            self.startTimer(self.factory.settings.idleTimeout, self.idleTimedOut)
+            self.timer.set(factory.settings.idleTimeout, self.idleTimedOut)
 
     def logRequest(self, request: ProxiedRequest) -> None:
         """
         Count the request and write its access-log record.
         """
-        counters = self.factory.counters
-        counters["requests"] += 1
-        log = self.factory.accessLog
-        if log is None:
-            return
-        now = self.reactor.seconds()
-        log({
-            "time": round(time.time(), 3),
-            "client": self.peer,
-            "method": request.method.decode("latin-1"),
-            "target": request.target.decode("latin-1"),
-            "status": request.status,
-            "bytes_in": request.bodyReceived,
-            "bytes_out": request.bytesOut,
-            "pool": request.l7pool.pool.name if request.l7pool else None,
-            "backend": request.backend.name if request.backend else None,
-            "attempts": request.attempts,
-            "duration": round(now - request.started, 6) if request.started else 0.0,
-        })
+        factory = self.factory
+        factory.counters["requests"] += 1
+        if factory.accessLog is not None:
+            factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
 
 
-class HTTPProxyFactory(ServerFactory):
+class HTTPProxyFactory(_FactoryBase):
     """
     Builds L{HTTPProxyProtocol}s for one L7 listener.
 
@@ -865,49 +905,3 @@ class HTTPProxyFactory(ServerFactory):
 
     protocol = HTTPProxyProtocol
     noisy = False
-
-    def __init__(
-        self,
-        *,
-        pools: Mapping[str, L7Pool],
-        router: Router,
-        reactor: Any,
-        settings: HTTPSettings | None = None,
-        maxConnections: int | None = None,
-        listenerName: str = "default",
-        accessLog: Callable[[dict[str, Any]], None] | None = None,
-    ) -> None:
-        self.pools = dict(pools)
-        self.router = router
-        self.reactor = reactor
-        self.settings = settings if settings is not None else HTTPSettings()
-        self.limit = ConnectionLimit(maxConnections)
-        self.listenerName = listenerName
-        self.accessLog = accessLog
-        self.stopping = False
-        self.openConnections: set[HTTPProxyProtocol] = set()
-        self.counters: collections.Counter[str] = collections.Counter()
-        self._ids = itertools.count(1)
-        self._idPrefix = os.urandom(6).hex().encode("ascii")
-
-    def newRequestId(self) -> bytes:
-        """
-        A request id unique to this process's lifetime (random prefix, then
-        a counter).
-        """
-        return b"%s-%x" % (self._idPrefix, next(self._ids))
-
-    @property
-    def activeCount(self) -> int:
-        """
-        Client connections open now.
-        """
-        return self.limit.active
-
-    def drained(self) -> Any:
-        """
-        A Deferred that fires when no client connection is open.
-        """
-        return self.limit.drained()
-
-

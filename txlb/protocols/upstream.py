@@ -207,6 +207,11 @@ class UpstreamPool:
         self._connections: set[UpstreamConnection] = set()
         self._connecting = 0
         self._sweepCall: Any = None
+        # Connections waiting for a response head within their timeout,
+        # in the order they started waiting, and the one timer for them.
+        self._waiting: dict[UpstreamConnection, None] = {}
+        self._responseCall: Any = None
+        self._responseAt = 0.0
         self._closing = False
         self._closedWaiters: list[Deferred[None]] = []
 
@@ -246,7 +251,9 @@ class UpstreamPool:
         if not idle or self._closing:
             return None
         conn = idle.pop()
-        conn._checkout(True)
+        # conn._checkout(True), inline.
+        conn.state = ConnectionState.ready
+        conn.reused = True
         self.connectionsReused += 1
         return conn
 
@@ -425,6 +432,66 @@ class UpstreamPool:
             self._sweepCall = self.reactor.callLater(
                 nextSince + timeout - now, self._sweep
             )
+
+    def _watchResponse(self, conn: UpstreamConnection) -> None:
+        """
+        C{conn} waits for a response head until C{conn._lastWrite +
+        conn._timeout} (which later writes push back).
+
+        One timer serves every waiting connection, so that a request costs
+        no timer call while others are in flight: it is due no later than
+        the earliest deadline, and when it fires it fails the connections
+        whose deadline has passed and is set again for the next one.
+        """
+        self._waiting[conn] = None
+        deadline = conn._lastWrite + conn._timeout
+        call = self._responseCall
+        if call is None or deadline < self._responseAt:
+            if call is not None:
+                call.cancel()
+            self._responseAt = deadline
+            self._responseCall = self.reactor.callLater(
+                conn._timeout, self._checkResponses
+            )
+
+    def _unwatchResponse(self, conn: UpstreamConnection) -> None:
+        """
+        C{conn} no longer waits: its response head arrived, or it failed.
+        """
+        waiting = self._waiting
+        waiting.pop(conn, None)
+        if not waiting and self._responseCall is not None:
+            call, self._responseCall = self._responseCall, None
+            call.cancel()
+
+    def _checkResponses(self) -> None:
+        """
+        Fail the waiting connections whose response timeout is up (earliest
+        deadline first); come back at the next deadline.
+        """
+        self._responseCall = None
+        now = self.reactor.seconds()
+        due = sorted(
+            (conn for conn in self._waiting
+             if conn._lastWrite + conn._timeout - now <= 1e-6),
+            key=lambda conn: conn._lastWrite + conn._timeout,
+        )
+        for conn in due:
+            # An earlier one's failure may have settled this one.
+            if conn in self._waiting:
+                conn._timedOut()
+        if self._waiting:
+            earliest = min(
+                conn._lastWrite + conn._timeout for conn in self._waiting
+            )
+            call = self._responseCall
+            if call is None or earliest < self._responseAt:
+                if call is not None:
+                    call.cancel()
+                self._responseAt = earliest
+                self._responseCall = self.reactor.callLater(
+                    max(0.0, earliest - now), self._checkResponses
+                )
 
     def _maybeClosed(self) -> None:
         """

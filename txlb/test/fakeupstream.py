@@ -166,6 +166,13 @@ class FakeUpstreamPool:
         self.attempts.append(pending)
         return pending.deferred
 
+    def takeIdle(self, backend: Any) -> None:
+        """
+        Hand out no idle connection: every checkout is a recorded
+        L{connect}.
+        """
+        return None
+
     @property
     def last(self) -> PendingConnect:
         """
@@ -205,6 +212,9 @@ class FakeUpstreamConnection:
     @ivar misuse: calls made out of turn (after C{abort}, a second request
         while one is in flight), for tests to assert there are none.
     """
+
+    #: Never set: each event is delivered on its own.
+    moreFollows = False
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
