@@ -82,7 +82,9 @@ class ConnectionLimit:
         return waiter
 
 
-@attrs.define(eq=False)
+# Validated when made; the counters change on every request, so no attrs
+# hook runs on assignment.
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class RetryBudget:
     """
     Bound retries to a share of the requests in flight, so that a failing

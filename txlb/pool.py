@@ -229,6 +229,8 @@ class Pool:
     random: _random.Random = attrs.field(factory=_random.Random)
     _backends: list[Backend] = attrs.field(factory=list, alias="backends")
     noBackend: int = 0
+    _observerFor: Any = attrs.field(default=None, init=False, repr=False)
+    _observer: Any = attrs.field(default=None, init=False, repr=False)
 
     _log = Logger()
 
@@ -282,6 +284,16 @@ class Pool:
         self.algorithm = algorithm
         self.strategy = strategy
         self._membershipChanged()
+
+    @property
+    def _latencyObserver(self) -> ILatencyObserver | None:
+        # Adapting on every response costs more than the rest of
+        # observeLatency; the answer only changes with the strategy.
+        strategy = self.strategy
+        if self._observerFor is not strategy:
+            self._observerFor = strategy
+            self._observer = ILatencyObserver(strategy, None)
+        return self._observer
 
     def _membershipChanged(self) -> None:
         aware = IMembershipAware(self.strategy, None)
@@ -346,7 +358,7 @@ class Pool:
         Record a successful connect or response that took C{seconds}.
         """
         backend.recordSuccess(seconds)
-        observer = ILatencyObserver(self.strategy, None)
+        observer = self._latencyObserver
         if observer is not None:
             try:
                 observer.latencyObserved(backend, seconds)
