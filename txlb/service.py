@@ -26,11 +26,17 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txlb.accesslog import AccessLog
 from txlb.config import Config, ListenerConfig, PoolConfig
 from txlb.interfaces import IStrategyFactory
+from txlb.limits import RetryBudget
 from txlb.plugin import findStrategy, strategyRegistry
 from txlb.pool import Backend, Pool
+from txlb.protocols.headers import ForwardingPolicy
+from txlb.protocols.http import HTTPProxyFactory, HTTPSettings, L7Pool, RetryPolicy
 from txlb.protocols.tcp import TCPRelayFactory
+from txlb.protocols.upstream import UpstreamPool
+from txlb.routing import Router
 
 # Below this many open files, warn: each relayed connection needs two.
 LOW_FD_LIMIT = 16384
@@ -74,6 +80,20 @@ def buildPool(
         random=randomSource if randomSource is not None else random.Random(),
         backends=[buildBackend(s) for s in poolConfig.servers],
     )
+
+
+def hashKeySpec(text: str | None) -> tuple[str, bytes | None] | None:
+    """
+    The L7 front's form of a pool's C{hash_key}: C{None} (client IP),
+    C{("path", None)}, C{("client_ip", None)}, or C{("header", lowercase
+    name)} / C{("cookie", name)} (cookie names are case-sensitive).
+    """
+    if text is None:
+        return None
+    kind, _, name = text.partition(":")
+    if not name:
+        return (kind, None)
+    return (kind, (name.lower() if kind == "header" else name).encode("ascii"))
 
 
 class ListenerService(Service):
@@ -278,8 +298,6 @@ class TxlbService(MultiService):
         """
         upstream = self.upstreams.get(poolName)
         if upstream is None:
-            from txlb.protocols.upstream import UpstreamPool
-
             poolConfig = self.config.pool(poolName)
             upstream = UpstreamPool(
                 self.reactor,
@@ -296,16 +314,6 @@ class TxlbService(MultiService):
 
         @raise StartupError: a route or setting cannot be used.
         """
-        from txlb.accesslog import AccessLog
-        from txlb.limits import RetryBudget
-        from txlb.protocols.headers import ForwardingPolicy
-        from txlb.protocols.http import (
-            HTTPProxyFactory,
-            HTTPSettings,
-            L7Pool,
-            RetryPolicy,
-        )
-        from txlb.routing import Router
 
         where = f"{self.config.source}: listener {listener.name}"
         http = listener.http
@@ -334,12 +342,7 @@ class TxlbService(MultiService):
                 )
             except ValueError as e:
                 raise StartupError(f"{where}: pool {name}: {e}")
-            hashKey = None
-            if poolConfig.hashKey is not None:
-                kind, _, keyName = poolConfig.hashKey.partition(":")
-                hashKey = (kind, keyName.lower().encode("ascii") if keyName else None)
-                if kind == "cookie":
-                    hashKey = (kind, keyName.encode("ascii"))
+            hashKey = hashKeySpec(poolConfig.hashKey)
             l7pools[name] = L7Pool(
                 pool=self.pools[name],
                 upstreams=self.upstreamPool(name),

@@ -212,6 +212,36 @@ def _setNoDelay(transport: Any) -> None:
         setNoDelay(True)
 
 
+def tunnelCallbacks(
+    producer: object, receiver: Any, onLost: Any = None
+) -> tuple[Any, Any]:
+    """
+    What a tunnel calls with the backend's bytes and when it ends.
+
+    @param producer: the tunnel's connection (unregistered from a transport
+        receiver before it is closed).
+    @param receiver: a transport (its C{write}; closed when the tunnel
+        ends), or a callable taking the bytes.
+    @param onLost: called with the reason when the tunnel ends; required
+        with a callable receiver.
+    @return: C{(write, onLost)}.
+    @raise TypeError: a callable receiver without C{onLost}.
+    """
+    write = getattr(receiver, "write", None)
+    if write is None:
+        if onLost is None:
+            raise TypeError("tunnelTo(callable) needs onLost")
+        return receiver, onLost
+    if onLost is None:
+
+        def onLost(reason: Failure) -> None:
+            if getattr(receiver, "producer", None) is producer:
+                receiver.unregisterProducer()
+            receiver.loseConnection()
+
+    return write, onLost
+
+
 @implementer(IPushProducer)
 class UpstreamConnection(Protocol):
     """
@@ -368,18 +398,7 @@ class UpstreamConnection(Protocol):
         """
         if self.state is not _S.tunnel and self._tunnelEnded is None:
             raise RuntimeError(f"tunnelTo on a connection that is {self.state.value}")
-        write = getattr(receiver, "write", None)
-        if write is None:
-            if onLost is None:
-                raise TypeError("tunnelTo(callable) needs onLost")
-            write = receiver
-        elif onLost is None:
-
-            def onLost(reason: Failure) -> None:
-                if getattr(receiver, "producer", None) is self:
-                    receiver.unregisterProducer()
-                receiver.loseConnection()
-
+        write, onLost = tunnelCallbacks(self, receiver, onLost)
         self._tunnelData, self._tunnelLost = write, onLost
         held, self._tunnelHeld = self._tunnelHeld, []
         for data in held:

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txlb.interfaces import IStrategy
+from txlb.protocols._upstreamconn import tunnelCallbacks
 from txlb.protocols.headers import validateResponseHeaders
 
 #: The address clients connect from.
@@ -302,19 +303,7 @@ class FakeUpstreamConnection:
         """
         if not self._upgraded:
             raise RuntimeError("tunnelTo on a connection that was not upgraded")
-        write = getattr(receiver, "write", None)
-        if write is None:
-            if onLost is None:
-                raise TypeError("tunnelTo(callable) needs onLost")
-            write = receiver
-        elif onLost is None:
-
-            def onLost(reason: Failure) -> None:
-                if getattr(receiver, "producer", None) is self:
-                    receiver.unregisterProducer()
-                receiver.loseConnection()
-
-        self.tunnelData, self.tunnelLost = write, onLost
+        self.tunnelData, self.tunnelLost = tunnelCallbacks(self, receiver, onLost)
 
     def pauseProducing(self) -> None:
         """
