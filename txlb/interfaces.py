@@ -48,8 +48,10 @@ class IBackend(Interface):
     address = Attribute("C{str} or C{None}: host for TCP backends.")
     port = Attribute("C{int} or C{None}: port for TCP backends.")
     weight = Attribute(
-        "C{int}: the effective weight now (the configured weight, lowered "
-        "during slow start); always at least 1 for a candidate."
+        "C{int}: the effective weight now: the configured weight, except "
+        "during slow start, when it is a C{float} ramping up from a tenth of "
+        "it. Table-driven strategies (hash rings) lay out C{configuredWeight} "
+        "when a backend has one."
     )
     activeConnections = Attribute(
         "C{int}: connections (L4) or requests (L7) in flight to this backend."

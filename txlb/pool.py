@@ -8,12 +8,14 @@ L{Backend.acquire} and L{Backend.release}.
 
 from __future__ import annotations
 
+import collections
 import enum
 import random as _random
 from typing import Any, Iterable, Sequence
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -66,6 +68,73 @@ class LatencyHistogram:
         return sum(self.counts)
 
 
+# Health-check results kept per backend for the API.
+RESULTS_KEPT = 10
+
+# During slow start a backend's effective weight is at least this share of
+# its configured weight (Envoy's default minimum is 10% too).
+SLOW_START_FLOOR = 0.1
+
+
+@attrs.frozen
+class CheckResult:
+    """
+    The outcome of one active health check.
+
+    @ivar at: when it finished (reactor seconds).
+    @ivar ok: whether it passed.
+    @ivar reason: why it failed, or what passed (e.g. C{"HTTP 200"}).
+    @ivar duration: seconds it took.
+    """
+
+    at: float
+    ok: bool
+    reason: str
+    duration: float
+
+
+@attrs.define(eq=False)
+class HealthRecord:
+    """
+    What active health checking knows of one backend.
+
+    It lives on the L{Backend}, so it survives a reload that keeps the
+    server, and is what the API reports.
+
+    @ivar results: the last L{RESULTS_KEPT} L{CheckResult}s, oldest first.
+    @ivar successes: consecutive passed checks (0 after a failure).
+    @ivar failures: consecutive failed checks (0 after a pass).
+    @ivar checked: whether any check has finished.
+    """
+
+    results: collections.deque[CheckResult] = attrs.field(
+        factory=lambda: collections.deque(maxlen=RESULTS_KEPT)
+    )
+    successes: int = 0
+    failures: int = 0
+    checked: bool = False
+
+    @property
+    def last(self) -> CheckResult | None:
+        """
+        The most recent result, or C{None}.
+        """
+        return self.results[-1] if self.results else None
+
+
+class QueueFull(Exception):
+    """
+    A pool's queue of waiting connections or requests is full.
+    """
+
+
+class QueueTimeout(Exception):
+    """
+    A connection or request waited in a pool's queue for longer than the
+    pool's queue timeout.
+    """
+
+
 class AdminState(enum.Enum):
     """
     What the operator (config, reload, API) wants of a backend.
@@ -97,8 +166,20 @@ class Backend:
     @ivar failures: connect failures ever recorded.
     @ivar consecutiveFailures: connect failures since the last success.
     @ivar latency: moving average of latency in seconds, or C{None}.
-    @ivar healthy: last verdict of health checking (C{True} with none).
+    @ivar healthy: last verdict of health checking (C{True} with none
+        configured; C{False} until the first check passes with one).
+    @ivar health: the L{HealthRecord} of active checks.
     @ivar state: the operator's L{AdminState}.
+    @ivar ejected: taken out of rotation by outlier detection.
+    @ivar breaker: the backend's circuit breaker, or C{None}: an object
+        with C{allows()}, C{attempt()}, C{succeeded()}, C{failed()}.
+    @ivar passive: the pool's outlier detector, or C{None}: an object with
+        C{succeeded(backend)} and C{failed(backend, reason)}.
+    @ivar slowStart: seconds over which the effective weight ramps up after
+        the backend comes (back) up; 0 for none.
+    @ivar rampOnUp: whether the next change to healthy starts slow start
+        (C{False} for servers present at startup, whose first verdict is
+        not a recovery).
     @ivar responses: L7 responses by status class (index 1 for 1xx ... 5
         for 5xx; index 0 for requests that got no response).
     @ivar responseTimes: L7 response times.
@@ -117,9 +198,17 @@ class Backend:
     lastFailureReason: str | None = None
     latency: float | None = None
     healthy: bool = True
+    health: HealthRecord = attrs.field(factory=HealthRecord)
     state: AdminState = AdminState.active
     responses: list[int] = attrs.field(factory=lambda: [0] * 6)
     responseTimes: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+    ejected: bool = False
+    breaker: Any = None
+    passive: Any = None
+    slowStart: float = 0.0
+    rampOnUp: bool = False
+    pool: Pool | None = attrs.field(default=None, repr=False)
+    _rampStart: float | None = attrs.field(default=None, init=False, repr=False)
 
     def recordResponse(self, status: int, seconds: float) -> None:
         """
@@ -130,11 +219,59 @@ class Backend:
         self.responseTimes.observe(seconds)
 
     @property
-    def weight(self) -> int:
+    def weight(self) -> float:
         """
-        The effective weight (the configured one until slow start exists).
+        The effective weight: the configured one, except during slow start,
+        when it grows linearly from L{SLOW_START_FLOOR} of it to all of it
+        (a C{float} then).
         """
-        return self.configuredWeight
+        start = self._rampStart
+        if start is None:
+            return self.configuredWeight
+        pool = self.pool
+        elapsed = pool.clock.seconds() - start if pool is not None else self.slowStart
+        if elapsed >= self.slowStart:
+            self._rampStart = None
+            return self.configuredWeight
+        return self.configuredWeight * max(SLOW_START_FLOOR, elapsed / self.slowStart)
+
+    @property
+    def rampedShare(self) -> float:
+        """
+        The share of the configured weight in effect now (1.0 outside slow
+        start).
+        """
+        return self.weight / self.configuredWeight
+
+    def startSlowStart(self) -> None:
+        """
+        Begin slow start now, when the backend has one and a clock.
+        """
+        if self.slowStart > 0 and self.pool is not None:
+            self._rampStart = self.pool.clock.seconds()
+
+    def setHealthy(self, healthy: bool) -> bool:
+        """
+        Record health checking's verdict.
+
+        A change to healthy of a backend that was down (or that was added
+        at runtime) starts slow start.
+
+        @return: whether the verdict changed.
+        """
+        if healthy == self.healthy:
+            return False
+        self.healthy = healthy
+        if healthy:
+            if self.rampOnUp:
+                self.startSlowStart()
+            self.rampOnUp = True
+        else:
+            self.rampOnUp = True
+            self._rampStart = None
+        if self.pool is not None:
+            self.pool._availabilityChanged()
+        return True
 
     @property
     def full(self) -> bool:
@@ -151,7 +288,22 @@ class Backend:
         """
         C{True} when this backend may take a new connection now.
         """
-        return self.healthy and self.state is AdminState.active and not self.full
+        return (
+            self.healthy
+            and self.state is AdminState.active
+            and not self.ejected
+            and not self.full
+            and (self.breaker is None or self.breaker.allows())
+        )
+
+    @property
+    def admitting(self) -> bool:
+        """
+        C{True} when the operator lets this backend take new traffic and it
+        is not at its connection limit, whatever its health: what a pool
+        in panic (every backend down) chooses from.
+        """
+        return self.state is AdminState.active and not self.full
 
     def acquire(self) -> None:
         """
@@ -167,17 +319,32 @@ class Backend:
         if self.activeConnections <= 0:
             raise RuntimeError(f"backend {self.name} released more than acquired")
         self.activeConnections -= 1
+        pool = self.pool
+        if pool is not None and pool._waiting:
+            pool._wake()
 
-    def recordSuccess(self, seconds: float | None = None) -> None:
+    def recordSuccess(self, seconds: float | None = None, ok: bool = True) -> None:
         """
         A connect (or request) succeeded, optionally taking C{seconds}.
+
+        @param ok: C{False} when the exchange completed but counts as a
+            failure for passive checks (an L7 5xx response).
         """
-        self.consecutiveFailures = 0
         if seconds is not None:
             if self.latency is None:
                 self.latency = seconds
             else:
                 self.latency += LATENCY_ALPHA * (seconds - self.latency)
+        if not ok:
+            self._passiveFailure("5xx response")
+            return
+        self.consecutiveFailures = 0
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.succeeded()
+        passive = self.passive
+        if passive is not None:
+            passive.succeeded(self)
 
     def recordFailure(self, reason: str) -> None:
         """
@@ -186,6 +353,15 @@ class Backend:
         self.failures += 1
         self.consecutiveFailures += 1
         self.lastFailureReason = reason
+        self._passiveFailure(reason)
+
+    def _passiveFailure(self, reason: str) -> None:
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.failed()
+        passive = self.passive
+        if passive is not None:
+            passive.failed(self, reason)
 
 
 @implementer(IChoiceContext)
@@ -220,6 +396,15 @@ class Pool:
     @ivar clock: the reactor, for contexts and timers.
     @ivar random: the randomness given to the strategy.
     @ivar noBackend: picks that found no usable backend.
+    @ivar panic: when no backend is usable, choose among every backend the
+        operator has not drained or disabled, healthy or not (C{False}:
+        fail fast).
+    @ivar panics: picks made in panic.
+    @ivar maxQueue: how many connections or requests may wait for a
+        backend below its C{max_connections} (0: refuse at once).
+    @ivar queueTimeout: seconds one may wait, or C{None} for no limit.
+    @ivar dropped: refusals by reason (C{"no_backend"}, C{"queue_full"},
+        C{"queue_timeout"}).
     """
 
     name: str
@@ -229,12 +414,22 @@ class Pool:
     random: _random.Random = attrs.field(factory=_random.Random)
     _backends: list[Backend] = attrs.field(factory=list, alias="backends")
     noBackend: int = 0
+    panic: bool = False
+    panics: int = 0
+    maxQueue: int = 0
+    queueTimeout: float | None = 5.0
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    _waiting: collections.deque[_Waiter] = attrs.field(
+        factory=collections.deque, init=False, repr=False
+    )
     _observerFor: Any = attrs.field(default=None, init=False, repr=False)
     _observer: Any = attrs.field(default=None, init=False, repr=False)
 
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
+        for backend in self._backends:
+            backend.pool = self
         self._membershipChanged()
 
     @property
@@ -261,8 +456,10 @@ class Pool:
         """
         if self.backend(backend.name) is not None:
             raise ValueError(f"pool {self.name}: duplicate server {backend.name}")
+        backend.pool = self
         self._backends.append(backend)
         self._membershipChanged()
+        self._availabilityChanged()
 
     def removeBackend(self, name: str) -> Backend:
         """
@@ -274,6 +471,7 @@ class Pool:
         if b is None:
             raise KeyError(name)
         self._backends.remove(b)
+        b.pool = None
         self._membershipChanged()
         return b
 
@@ -322,8 +520,12 @@ class Pool:
         """
         candidates = self.candidates(exclude)
         if not candidates:
-            self.noBackend += 1
-            return None
+            if self.panic:
+                candidates = self._panicCandidates(exclude)
+            if not candidates:
+                self.noBackend += 1
+                return None
+            self.panics += 1
         context = ChoiceContext(
             clientAddress=clientAddress,
             random=self.random,
@@ -351,7 +553,88 @@ class Pool:
                 chosen=chosen,
             )
             chosen = candidates[0]
+        breaker = chosen.breaker
+        if breaker is not None:
+            breaker.attempt()
         return chosen
+
+    def _panicCandidates(self, exclude: Iterable[Backend]) -> list[Backend]:
+        # Panic only when nothing at all is usable: not when the usable
+        # backends were all tried already by this connection.
+        if any(b.usable for b in self._backends):
+            return []
+        excluded = set(map(id, exclude))
+        return [b for b in self._backends if b.admitting and id(b) not in excluded]
+
+    def queueable(self) -> bool:
+        """
+        Whether a connection that found no usable backend may wait for
+        one: the pool has a queue and some backend is up but at its
+        C{max_connections}.
+        """
+        if self.maxQueue <= 0:
+            return False
+        for b in self._backends:
+            if (
+                b.full
+                and b.healthy
+                and b.state is AdminState.active
+                and not b.ejected
+            ):
+                return True
+        return False
+
+    def wait(
+        self,
+        clientAddress: Any = None,
+        request: Any = None,
+        hashKey: bytes | None = None,
+        exclude: Iterable[Backend] = (),
+    ) -> Deferred[Backend]:
+        """
+        Wait in the pool's queue for a backend to free up, then
+        L{pick} it.
+
+        Call after L{pick} returned C{None} and L{queueable} is C{True}.
+        The result is the picked backend (not yet acquired: acquire it in
+        the callback, which runs as soon as a backend frees up).  It fails
+        with L{QueueFull} at once when L{maxQueue} are waiting, with
+        L{QueueTimeout} after L{queueTimeout}; cancelling it leaves the
+        queue.
+        """
+        if len(self._waiting) >= self.maxQueue:
+            self.dropped["queue_full"] += 1
+            return fail(QueueFull(f"pool {self.name}: queue full ({self.maxQueue})"))
+        waiter = _Waiter(self, (clientAddress, request, hashKey, tuple(exclude)))
+        self._waiting.append(waiter)
+        if self.queueTimeout is not None:
+            waiter.timer = self.clock.callLater(self.queueTimeout, waiter.expire)
+        return waiter.deferred
+
+    @property
+    def queued(self) -> int:
+        """
+        Connections or requests waiting in the queue now.
+        """
+        return len(self._waiting)
+
+    def _availabilityChanged(self) -> None:
+        if self._waiting:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting[0]
+            clientAddress, request, hashKey, exclude = waiter.arguments
+            candidates = self.candidates(exclude)
+            if not candidates:
+                return
+            backend = self.pick(clientAddress, request, hashKey, exclude)
+            if backend is None:
+                return
+            waiting.popleft()
+            waiter.finish(backend)
 
     def observeLatency(self, backend: Backend, seconds: float) -> None:
         """
@@ -368,3 +651,53 @@ class Pool:
                     algorithm=self.algorithm,
                     pool=self.name,
                 )
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """
+    One connection or request in a L{Pool}'s queue.
+    """
+
+    pool: Pool
+    arguments: tuple[Any, Any, Any, tuple[Backend, ...]]
+    deferred: Deferred[Backend] = attrs.field(init=False)
+    timer: IDelayedCall | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.deferred = Deferred(self._cancelled)
+
+    def _leave(self) -> None:
+        try:
+            self.pool._waiting.remove(self)
+        except ValueError:
+            pass
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancelled(self, d: Deferred[Backend]) -> None:
+        self._leave()
+
+    def expire(self) -> None:
+        """
+        The queue timeout passed.
+        """
+        self.timer = None
+        self._leave()
+        self.pool.dropped["queue_timeout"] += 1
+        self.deferred.errback(
+            QueueTimeout(
+                f"pool {self.pool.name}: no backend free within "
+                f"{self.pool.queueTimeout:g} s"
+            )
+        )
+
+    def finish(self, backend: Backend) -> None:
+        """
+        A backend was picked for this waiter.
+        """
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.deferred.callback(backend)

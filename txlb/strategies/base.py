@@ -220,11 +220,11 @@ def isCandidate(
     return False
 
 
-def weightedPick(candidates: Sequence[IBackend], ticket: int) -> IBackend:
+def weightedPick(candidates: Sequence[IBackend], ticket: float) -> IBackend:
     """
     The candidate owning C{ticket} when each holds C{weight} tickets in turn.
 
-    @param ticket: an integer in C{[0, sum of weights)}.
+    @param ticket: a number in C{[0, sum of weights)} (see L{drawTicket}).
     """
     for candidate in candidates:
         ticket -= candidate.weight
@@ -233,7 +233,30 @@ def weightedPick(candidates: Sequence[IBackend], ticket: int) -> IBackend:
     return candidates[-1]
 
 
-def totalWeight(candidates: Sequence[IBackend]) -> int:
+def tableWeight(backend: IBackend) -> int:
+    """
+    The weight a table-driven strategy (a hash ring, a Maglev table) lays
+    out for C{backend}: its configured weight, never the ramped one of slow
+    start (a table rebuilt mid-ramp would remap keys for nothing).
+    """
+    configured = getattr(backend, "configuredWeight", None)
+    if isinstance(configured, int):
+        return configured
+    return int(backend.weight)
+
+
+def drawTicket(random: Any, total: float) -> float:
+    """
+    A ticket for L{weightedPick} in C{[0, total)}: an integer when the
+    weights are (as outside slow start), so that seeded draws are the same
+    as always.
+    """
+    if isinstance(total, int):
+        return random.randrange(total)
+    return random.random() * total
+
+
+def totalWeight(candidates: Sequence[IBackend]) -> float:
     """
     The sum of the candidates' weights.
     """
@@ -259,5 +282,5 @@ def walkLimit(backends: Sequence[IBackend], entries: int) -> int:
     """
     if not backends:
         return 0
-    lightest = min(backend.weight for backend in backends)
-    return min(entries, 32 * -(-totalWeight(backends) // max(lightest, 1)))
+    weights = [tableWeight(backend) for backend in backends]
+    return min(entries, 32 * -(-sum(weights) // max(min(weights), 1)))

@@ -21,11 +21,13 @@ from txlb.strategies.base import (
     Option,
     StrategyFactory,
     affinityKey,
+    drawTicket,
     integerAtLeast,
     isCandidate,
     numberAbove,
     rehash,
     stableHash,
+    tableWeight,
     totalWeight,
     walkLimit,
     weightedPick,
@@ -73,7 +75,7 @@ class SourceIPHash:
         bounds = []
         slots = 0
         for backend in backends:
-            slots += backend.weight
+            slots += tableWeight(backend)
             bounds.append(slots)
         self._members = tuple(backends)
         self._bounds = bounds
@@ -88,7 +90,7 @@ class SourceIPHash:
         key = affinityKey(context, preferHost=True)
         if key is None:
             return weightedPick(
-                candidates, context.random.randrange(totalWeight(candidates))
+                candidates, drawTicket(context.random, totalWeight(candidates))
             )
         value = stableHash(key)
         if self._slots:
@@ -115,11 +117,11 @@ def _buildRing(
     """
     unit = 0
     for backend in backends:
-        unit = math.gcd(unit, backend.weight)
+        unit = math.gcd(unit, tableWeight(backend))
     placed = []
     for index, backend in enumerate(backends):
         name = backend.name.encode("utf-8")
-        for replica in range(virtualNodes * backend.weight // unit):
+        for replica in range(virtualNodes * tableWeight(backend) // unit):
             point = stableHash(b"%s#%d" % (name, replica), b"txlb-ring")
             # Ties (vanishingly rare) are broken by name, never by order.
             placed.append((point, name, index))

@@ -15,6 +15,7 @@ from txlb.strategies.base import (
     affinityKey,
     isCandidate,
     stableHash,
+    tableWeight,
     totalWeight,
     walkLimit,
     weightedPick,
@@ -81,7 +82,7 @@ def populate(backends: Sequence[IBackend], size: int) -> list[int]:
         name = backend.name.encode("utf-8")
         slots.append(stableHash(name, b"txlb-maglev-off") % size)
         skips.append(stableHash(name, b"txlb-maglev-skp") % (size - 1) + 1)
-        weights.append(backend.weight)
+        weights.append(tableWeight(backend))
     top = max(weights)
     held = [0] * count
     table = [-1] * size

@@ -13,6 +13,7 @@ from txlb.strategies.base import (
     Option,
     StrategyFactory,
     boolean,
+    drawTicket,
     totalWeight,
     weightedPick,
 )
@@ -53,10 +54,10 @@ class PowerOfTwoChoices:
         """
         if len(candidates) == 1:
             return candidates[0]
-        randrange = context.random.randrange
+        random = context.random
         total = totalWeight(candidates)
-        first = weightedPick(candidates, randrange(total))
-        ticket = randrange(total - first.weight)
+        first = weightedPick(candidates, drawTicket(random, total))
+        ticket = drawTicket(random, total - first.weight)
         second = first
         for candidate in candidates:
             if candidate is first:

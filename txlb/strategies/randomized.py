@@ -12,7 +12,7 @@ from typing import Sequence
 from zope.interface import implementer
 
 from txlb.interfaces import IBackend, IChoiceContext, IStrategy
-from txlb.strategies.base import StrategyFactory, totalWeight, weightedPick
+from txlb.strategies.base import StrategyFactory, drawTicket, totalWeight, weightedPick
 
 
 @implementer(IStrategy)
@@ -33,7 +33,7 @@ class WeightedRandom:
         if len(candidates) == 1:
             return candidates[0]
         return weightedPick(
-            candidates, context.random.randrange(totalWeight(candidates))
+            candidates, drawTicket(context.random, totalWeight(candidates))
         )
 
 
