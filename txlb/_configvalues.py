@@ -80,6 +80,75 @@ class HealthCheckConfig:
 
 
 @attrs.frozen
+class OutlierConfig:
+    """
+    Passive checks: eject a backend that fails live traffic.
+
+    @ivar consecutiveFailures: connect failures, timeouts or 5xx responses
+        in a row that eject a backend.
+    @ivar baseEjectionTime: seconds out for a first ejection; the n-th
+        ejection in a row lasts n times as long ...
+    @ivar maxEjectionTime: ... but never more than this.
+    @ivar maxEjectionPercent: at most this share of the pool's backends is
+        ejected at once (at least one backend may always be ejected).
+    """
+
+    consecutiveFailures: int = 5
+    baseEjectionTime: float = 30.0
+    maxEjectionTime: float = 300.0
+    maxEjectionPercent: int = 50
+
+
+@attrs.frozen
+class BreakerConfig:
+    """
+    A circuit breaker per backend.
+
+    @ivar failureRatio: open when at least this share of the last
+        C{window} outcomes failed ...
+    @ivar window: ... counting this many outcomes ...
+    @ivar minRequests: ... once at least this many were seen.
+    @ivar openTime: seconds open (no traffic) before probing.
+    @ivar halfOpenRequests: probes let through when half-open; all must
+        succeed to close, any failure opens again.
+    """
+
+    failureRatio: float = 0.5
+    window: int = 20
+    minRequests: int = 10
+    openTime: float = 10.0
+    halfOpenRequests: int = 3
+
+
+@attrs.frozen
+class RateLimitConfig:
+    """
+    A token bucket per client IP address.
+
+    @ivar requestsPerSecond: sustained rate (L4: new connections).
+    @ivar burst: bucket size: requests allowed at once after idleness.
+    @ivar maxClients: buckets kept at most; beyond it the longest idle are
+        dropped (those clients start again with a full bucket).
+    """
+
+    requestsPerSecond: float
+    burst: int
+    maxClients: int = 100000
+
+
+@attrs.frozen
+class LifecycleConfig:
+    """
+    How txlb stops.
+
+    @ivar drainTimeout: seconds connections and requests in flight get to
+        finish after SIGTERM/SIGINT before they are cut.
+    """
+
+    drainTimeout: float = 30.0
+
+
+@attrs.frozen
 class ServerConfig:
     """
     One backend server.
@@ -169,6 +238,12 @@ class PoolConfig:
     hostRewrite: str | None = None
     retries: RetriesConfig = RetriesConfig()
     connectionPool: ConnectionPoolConfig = ConnectionPoolConfig()
+    slowStart: float = 0.0
+    maxQueue: int = 0
+    queueTimeout: float | None = 5.0
+    panic: bool = False
+    outlier: OutlierConfig | None = None
+    breaker: BreakerConfig | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -207,6 +282,7 @@ class ListenerConfig:
     maxConnections: int | None = None
     routes: tuple[RouteConfig, ...] = ()
     http: HTTPConfig = HTTPConfig()
+    rateLimit: RateLimitConfig | None = None
 
 
 @attrs.frozen
@@ -218,6 +294,7 @@ class Config:
     source: str
     listeners: tuple[ListenerConfig, ...]
     pools: tuple[PoolConfig, ...]
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     def pool(self, name: str) -> PoolConfig:
         """
