@@ -26,6 +26,13 @@ from txlb._configl7 import (
     readHTTPListener,
     readL7Pool,
 )
+from txlb._configprotect import (
+    PROTECTION_POOL_KEYS,
+    readBreaker,
+    readOutlier,
+    readProtection,
+    readRateLimit,
+)
 from txlb._configvalues import (
     DEFAULT_ADDRESS,
     DEFAULT_BACKLOG,
@@ -201,20 +208,23 @@ _HEALTH_KEYS = (
 )
 _LISTENER_KEYS = (
     "address", "port", "endpoint", "layer", "pool", "max_connections", "backlog",
-    "routes", *HTTP_LISTENER_KEYS,
+    "routes", "rate_limit", *HTTP_LISTENER_KEYS,
 )
 _LB_KEYS = (
     "address", "port", "endpoint", "layer", "algorithm", "algorithm_options",
     "max_connections", "backlog", "hash_key", "sticky_cookie", "host_rewrite",
+    "slow_start", "max_queue", "queue_timeout", "on_all_down",
     *HTTP_LISTENER_KEYS,
 )
 _POOL_KEYS = (
     "algorithm", "algorithm_options", "health_check", "timeouts", "servers", *L7_POOL_KEYS,
+    *PROTECTION_POOL_KEYS,
 )
 _ROUTE_KEYS = ("pool", "host", "path_prefix", "headers")
 _TOP_KEYS = (
     "load_balancer", "server", "listeners", "pools", "health_check", "timeouts",
-    "retries", "connection_pool",
+    "retries", "connection_pool", "outlier_detection", "circuit_breaker", "rate_limit",
+    "lifecycle",
 )
 
 
@@ -481,6 +491,10 @@ def _readSimple(
     algorithm, options = _readAlgorithm(lb, registry)
     http = readHTTPListener(lb, layer)
     l7 = readL7Pool(lb, top.sub("retries"), top.sub("connection_pool"))
+    protection = readProtection(
+        lb, top.sub("outlier_detection"), top.sub("circuit_breaker")
+    )
+    rateLimit = readRateLimit(top.sub("rate_limit"), None)
     lb.finish(_LB_KEYS)
     servers = _readServers(
         top.tables("server", "server"), top.source, "server", timeouts.connect
@@ -493,6 +507,7 @@ def _readSimple(
         healthCheck=health,
         timeouts=timeouts,
         **l7,
+        **protection,
     )
     listener = ListenerConfig(
         name="default",
@@ -501,6 +516,7 @@ def _readSimple(
         pool="default",
         maxConnections=maxConnections,
         http=http,
+        rateLimit=rateLimit,
     )
     return (listener,), (pool,)
 
@@ -513,6 +529,11 @@ def _readFull(
     baseL7 = readL7Pool(
         _Reader(top.source, "", {}), top.sub("retries"), top.sub("connection_pool")
     )
+    baseProtection = {
+        "outlier": readOutlier(top.sub("outlier_detection"), None),
+        "breaker": readBreaker(top.sub("circuit_breaker"), None),
+    }
+    baseRateLimit = readRateLimit(top.sub("rate_limit"), None)
     poolsTable = top.sub("pools")
     if poolsTable is None or not poolsTable.table:
         raise top.error("pools", "at least one [pools.NAME] table is required")
@@ -527,6 +548,9 @@ def _readFull(
         servers = _readServers(p.tables("servers"), top.source, p.path + ".servers",
                                timeouts.connect)
         l7 = readL7Pool(p, p.sub("retries"), p.sub("connection_pool"), baseL7)
+        protection = readProtection(
+            p, p.sub("outlier_detection"), p.sub("circuit_breaker"), baseProtection
+        )
         p.finish(_POOL_KEYS)
         pools.append(
             PoolConfig(
@@ -537,6 +561,7 @@ def _readFull(
                 healthCheck=health,
                 timeouts=timeouts,
                 **l7,
+                **protection,
             )
         )
     poolNames = [p.name for p in pools]
@@ -558,6 +583,7 @@ def _readFull(
         maxConnections = lr.integer("max_connections", low=1)
         routes = _readRoutes(lr, layer)
         http = readHTTPListener(lr, layer)
+        rateLimit = readRateLimit(lr.sub("rate_limit"), baseRateLimit)
         lr.finish(_LISTENER_KEYS)
         for where, target in [("pool", pool)] + [
             (f"routes[{i}].pool", route.pool) for i, route in enumerate(routes, 1)
@@ -583,6 +609,7 @@ def _readFull(
                 maxConnections=maxConnections,
                 routes=routes,
                 http=http,
+                rateLimit=rateLimit,
             )
         )
     return tuple(listeners), tuple(pools)

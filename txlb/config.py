@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from txlb._configprotect import readLifecycle
 from txlb._configread import _TOP_KEYS, _Reader, _readFull, _readSimple
 from txlb._configvalues import (
     DEFAULT_ADDRESS,
@@ -214,8 +215,9 @@ def parseConfig(
         listeners, pools = _readFull(top, registry)
     else:
         listeners, pools = _readSimple(top, registry)
+    lifecycle = readLifecycle(top.sub("lifecycle"))
     top.finish(_TOP_KEYS)
-    return Config(source=source, listeners=listeners, pools=pools)
+    return Config(source=source, listeners=listeners, pools=pools, lifecycle=lifecycle)
 
 
 def _deepCopy(value: Any) -> Any:

@@ -1011,9 +1011,10 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "bogus = 1\n" + SERVER,
-                    "bogus: unknown key; known keys here: connection_pool, "
-                    "health_check, listeners, load_balancer, pools, retries, server, "
-                    "timeouts",
+                    "bogus: unknown key; known keys here: circuit_breaker, "
+                    "connection_pool, health_check, lifecycle, listeners, "
+                    "load_balancer, outlier_detection, pools, rate_limit, retries, "
+                    "server, timeouts",
                 ),
                 (
                     "[load_balancer]\nzzz = 1\n" + SERVER,
@@ -1021,7 +1022,8 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                     "address, algorithm, algorithm_options, backend_header, backlog, "
                     "endpoint, forwarded, forwarded_by, hash_key, host_rewrite, "
                     "keepalive_timeout, layer, max_body_size, max_connections, "
-                    "max_header_size, max_target_length, port, sticky_cookie, "
+                    "max_header_size, max_queue, max_target_length, on_all_down, "
+                    "port, queue_timeout, slow_start, sticky_cookie, "
                     "trusted_proxies",
                 ),
                 (
@@ -1035,13 +1037,15 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                     "address, backend_header, backlog, endpoint, forwarded, "
                     "forwarded_by, keepalive_timeout, layer, max_body_size, "
                     "max_connections, max_header_size, max_target_length, pool, port, "
-                    "routes, trusted_proxies",
+                    "rate_limit, routes, trusted_proxies",
                 ),
                 (
                     LISTENER + "[pools.app]\nzzz = 1\n" + APP_SERVER,
                     "pools.app.zzz: unknown key; known keys here: algorithm, "
-                    "algorithm_options, connection_pool, hash_key, health_check, "
-                    "host_rewrite, retries, servers, sticky_cookie, timeouts",
+                    "algorithm_options, circuit_breaker, connection_pool, hash_key, "
+                    "health_check, host_rewrite, max_queue, on_all_down, "
+                    "outlier_detection, queue_timeout, retries, servers, slow_start, "
+                    "sticky_cookie, timeouts",
                 ),
                 (
                     "[health_check]\nzzz = 1\n" + SERVER,
@@ -1065,22 +1069,17 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_tablesNotYetAvailable(self) -> None:
         """
-        Tables of later features (C{[admin]}, C{[rate_limit]}) are unknown
-        keys, not silently ignored.
+        Tables of later features (C{[admin]}) are unknown keys, not silently
+        ignored.
         """
         self.assertErrorTable(
             [
                 (
                     "[admin]\nport = 9000\n" + SERVER,
-                    "admin: unknown key; known keys here: connection_pool, "
-                    "health_check, listeners, load_balancer, pools, retries, server, "
-                    "timeouts",
-                ),
-                (
-                    "[rate_limit]\nrate = 5\n" + SERVER,
-                    "rate_limit: unknown key; known keys here: connection_pool, "
-                    "health_check, listeners, load_balancer, pools, retries, server, "
-                    "timeouts",
+                    "admin: unknown key; known keys here: circuit_breaker, "
+                    "connection_pool, health_check, lifecycle, listeners, "
+                    "load_balancer, outlier_detection, pools, rate_limit, retries, "
+                    "server, timeouts",
                 ),
             ]
         )
