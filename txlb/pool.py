@@ -405,6 +405,8 @@ class Pool:
     @ivar queueTimeout: seconds one may wait, or C{None} for no limit.
     @ivar dropped: refusals by reason (C{"no_backend"}, C{"queue_full"},
         C{"queue_timeout"}).
+    @ivar outlierDetector: the pool's L{txlb.protection.OutlierDetector},
+        or C{None}.
     """
 
     name: str
@@ -419,6 +421,7 @@ class Pool:
     maxQueue: int = 0
     queueTimeout: float | None = 5.0
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    outlierDetector: Any = None
     _waiting: collections.deque[_Waiter] = attrs.field(
         factory=collections.deque, init=False, repr=False
     )
@@ -474,6 +477,27 @@ class Pool:
         b.pool = None
         self._membershipChanged()
         return b
+
+    def setBackends(self, backends: Iterable[Backend]) -> None:
+        """
+        Replace the backends with C{backends}, in that order (a reload):
+        backends kept keep their state and counters; backends left out no
+        longer belong to the pool (what they have in flight finishes).
+        """
+        new = list(backends)
+        keep = set(map(id, new))
+        for b in self._backends:
+            if id(b) not in keep:
+                b.pool = None
+        names = set()
+        for b in new:
+            if b.name in names:
+                raise ValueError(f"pool {self.name}: duplicate server {b.name}")
+            names.add(b.name)
+            b.pool = self
+        self._backends = new
+        self._membershipChanged()
+        self._availabilityChanged()
 
     def setStrategy(self, algorithm: str, strategy: IStrategy) -> None:
         """

@@ -2,14 +2,26 @@
 Build the service tree from a L{txlb.config.Config}.
 
 The tree is a L{TxlbService} (a L{MultiService}) with named children that start
-in order and stop in reverse::
+in order::
 
     txlb
-      demo        the built-in demo backends (only with --demo)
+      health      one L{txlb.health.PoolHealthChecker} per pool with a health check
       listeners   one L{ListenerService} per configured listener
 
 Pools are runtime objects (L{txlb.pool.Pool}) shared by the listeners, held by
 the L{TxlbService}.
+
+Starting: listeners bind in C{privilegedStartService}; when any pool has a
+health check, they accept nothing until its first round of checks is done
+(connections wait in the listen backlog), so that no request meets a server
+that was never checked.
+
+Stopping is sequenced, not all at once as L{MultiService} would: listeners
+stop accepting first; then connections and requests in flight get up to the
+drain deadline (C{[lifecycle] drain_timeout}) to finish while kept-alive L7
+clients are told C{Connection: close}; what is left is cut; then health
+checking stops.  A second SIGTERM or SIGINT cuts the drain short.  SIGHUP
+reloads the configuration (see L{txlb.reload}).
 """
 
 from __future__ import annotations
@@ -17,25 +29,29 @@ from __future__ import annotations
 import ipaddress
 import random
 import resource
+import signal as _signal
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txlb.accesslog import AccessLog
-from txlb.config import Config, ListenerConfig, PoolConfig
+from txlb.config import Config, ConfigError, ListenerConfig, PoolConfig
+from txlb.health import PoolHealthChecker
 from txlb.interfaces import IStrategyFactory
 from txlb.limits import RetryBudget
 from txlb.plugin import findStrategy, strategyRegistry
 from txlb.pool import Backend, Pool
+from txlb.protection import CircuitBreaker, OutlierDetector
 from txlb.protocols.headers import ForwardingPolicy
 from txlb.protocols.http import HTTPProxyFactory, HTTPSettings, L7Pool, RetryPolicy
 from txlb.protocols.tcp import TCPRelayFactory
 from txlb.protocols.upstream import UpstreamPool
+from txlb.ratelimit import TokenBucketTable
 from txlb.routing import Router
 
 # Below this many open files, warn: each relayed connection needs two.
@@ -69,17 +85,70 @@ def buildPool(
     randomSource: random.Random | None = None,
 ) -> Pool:
     """
-    A runtime L{Pool} for C{poolConfig}, its strategy built by its plugin.
+    A runtime L{Pool} for C{poolConfig}, its strategy built by its plugin
+    and its protection (L{configurePool}) in place.
+
+    With a health check, servers start pending (not healthy) until their
+    first check passes.
     """
     factory = findStrategy(poolConfig.algorithm, registry)
-    return Pool(
+    backends = [buildBackend(s) for s in poolConfig.servers]
+    if poolConfig.healthCheck is not None:
+        for backend in backends:
+            backend.healthy = False
+    pool = Pool(
         name=poolConfig.name,
         algorithm=factory.name,
         strategy=factory.build(poolConfig.options),
         clock=reactor,
         random=randomSource if randomSource is not None else random.Random(),
-        backends=[buildBackend(s) for s in poolConfig.servers],
+        backends=backends,
     )
+    configurePool(pool, poolConfig)
+    return pool
+
+
+def configurePool(pool: Pool, poolConfig: PoolConfig) -> None:
+    """
+    Apply C{poolConfig}'s queueing, panic, slow start, outlier detection
+    and circuit breakers to C{pool} and each of its backends.
+
+    Called when a pool is built and again on every reload, with the pool's
+    current backends: a backend's breaker is kept when its settings did not
+    change.
+    """
+    pool.maxQueue = poolConfig.maxQueue
+    pool.queueTimeout = poolConfig.queueTimeout
+    pool.panic = poolConfig.panic
+    detector = getattr(pool, "outlierDetector", None)
+    if detector is not None and (
+        poolConfig.outlier is None or detector.config != poolConfig.outlier
+    ):
+        detector.stop()
+        for backend in pool.backends:
+            backend.ejected = False
+        detector = None
+    if detector is None and poolConfig.outlier is not None:
+        detector = OutlierDetector(pool, poolConfig.outlier, pool.clock)
+    pool.outlierDetector = detector
+    for backend in pool.backends:
+        configureBackend(backend, pool, poolConfig)
+
+
+def configureBackend(backend: Backend, pool: Pool, poolConfig: PoolConfig) -> None:
+    """
+    Give C{backend} its pool's slow start, outlier detector and (when the
+    pool has one configured) a circuit breaker.
+    """
+    backend.slowStart = poolConfig.slowStart
+    backend.passive = getattr(pool, "outlierDetector", None)
+    breaker = backend.breaker
+    if breaker is not None and breaker.config != poolConfig.breaker:
+        breaker.stop()
+        breaker = None
+    if breaker is None and poolConfig.breaker is not None:
+        breaker = CircuitBreaker(poolConfig.breaker, pool.clock, name=backend.name)
+    backend.breaker = breaker
 
 
 def hashKeySpec(text: str | None) -> tuple[str, bytes | None] | None:
@@ -124,7 +193,8 @@ class ListenerService(Service):
         Bind now, raising L{StartupError} when that fails synchronously.
         """
         Service.privilegedStartService(self)
-        self._listen()
+        if self._listening is None:
+            self._listen()
 
     def startService(self) -> None:
         """
@@ -174,6 +244,33 @@ class ListenerService(Service):
         )
         if IReactorCore.providedBy(self.reactor) and self.reactor.running:
             self.reactor.stop()
+
+    def swapFactory(self, factory: Any) -> Any:
+        """
+        Serve new connections with C{factory} from now on; connections
+        already accepted stay with the old one, which is returned.
+        """
+        old, self.factory = self.factory, factory
+        if self.port is not None and hasattr(self.port, "factory"):
+            self.port.factory = factory
+        return old
+
+    def pauseAccepting(self) -> None:
+        """
+        Accept no connection for now; the kernel keeps queueing them in the
+        listen backlog.
+        """
+        stopReading = getattr(self.port, "stopReading", None)
+        if stopReading is not None:
+            stopReading()
+
+    def resumeAccepting(self) -> None:
+        """
+        Accept connections again.
+        """
+        startReading = getattr(self.port, "startReading", None)
+        if startReading is not None and self.port is not None:
+            startReading()
 
     def stopService(self) -> Deferred[None] | None:
         """
@@ -240,7 +337,14 @@ class TxlbService(MultiService):
 
     @ivar config: the L{Config} in force.
     @ivar pools: runtime L{Pool}s by name.
+    @ivar health: the L{MultiService} of health checkers, one per pool that
+        has a health check.
     @ivar listeners: the L{MultiService} of L{ListenerService}s.
+    @ivar retired: protocol factories of listeners removed or replaced by a
+        reload, until their last connection is gone.
+    @ivar reloader: called for SIGHUP: returns the new L{Config} (the file
+        re-read, the command-line flags re-applied) or raises
+        L{ConfigError}; C{None} when there is nothing to re-read.
     """
 
     _log = Logger()
@@ -252,19 +356,44 @@ class TxlbService(MultiService):
         registry: Mapping[str, IStrategyFactory] | None = None,
         randomSource: random.Random | None = None,
         fileLimit: Callable[[], tuple[int, int]] = raiseFileLimit,
+        reloader: Callable[[], Config] | None = None,
+        signals: Any = None,
+        healthClient: Any = None,
     ) -> None:
+        """
+        @param signals: the C{signal} module (or a fake of it) to install
+            SIGTERM, SIGINT and SIGHUP handlers with once the reactor runs;
+            C{None} installs none (tests, embedding).
+        @param healthClient: makes the HTTP client of HTTP health checks
+            for a backend (see L{PoolHealthChecker}); C{None} for the real
+            one.
+        """
         MultiService.__init__(self)
         self.setName("txlb")
         self.config = config
         self.reactor = reactor
+        self.reloader = reloader
         self._fileLimit = fileLimit
+        self._signals = signals
+        self._healthClient = healthClient
+        self._random = randomSource
         if registry is None:
             registry = strategyRegistry()
+        self.registry = registry
         self.pools: dict[str, Pool] = {
             p.name: buildPool(p, reactor, registry, randomSource) for p in config.pools
         }
         self.upstreams: dict[str, Any] = {}
         self.budgets: dict[str, Any] = {}
+        self.rateLimits: dict[str, tuple[Any, TokenBucketTable]] = {}
+        self.retired: set[Any] = set()
+        self.stopping = False
+        self._drainTimer: Any = None
+        self.health = MultiService()
+        self.health.setName("health")
+        for poolConfig in config.pools:
+            self.addHealthChecker(poolConfig)
+        self.health.setServiceParent(self)
         self.listeners = MultiService()
         self.listeners.setName("listeners")
         for listener in config.listeners:
@@ -272,14 +401,62 @@ class TxlbService(MultiService):
             ListenerService(listener, factory, reactor).setServiceParent(self.listeners)
         self.listeners.setServiceParent(self)
 
-    def buildFactory(self, listener: ListenerConfig) -> Any:
+    def addHealthChecker(
+        self, poolConfig: PoolConfig, pool: Pool | None = None
+    ) -> PoolHealthChecker | None:
+        """
+        Add the health checker of C{poolConfig}'s pool (C{pool}, by default
+        the service's pool of that name), when it has a health check.  It
+        starts when the health service does, or at once if that runs.
+        """
+        if poolConfig.healthCheck is None:
+            return None
+        checker = PoolHealthChecker(
+            pool if pool is not None else self.pools[poolConfig.name],
+            poolConfig.healthCheck,
+            self.reactor,
+            httpClientFactory=self._healthClient,
+            random=self._random,
+        )
+        checker.setServiceParent(self.health)
+        return checker
+
+    def rateLimiter(self, listener: ListenerConfig) -> TokenBucketTable | None:
+        """
+        The token buckets of C{listener}'s rate limit (kept across reloads
+        while the limit is unchanged), or C{None}.
+        """
+        limit = listener.rateLimit
+        if limit is None:
+            self.rateLimits.pop(listener.name, None)
+            return None
+        kept = self.rateLimits.get(listener.name)
+        if kept is not None and kept[0] == limit:
+            return kept[1]
+        table = TokenBucketTable(
+            limit.requestsPerSecond, limit.burst, self.reactor, limit.maxClients
+        )
+        self.rateLimits[listener.name] = (limit, table)
+        return table
+
+    def buildFactory(
+        self,
+        listener: ListenerConfig,
+        config: Config | None = None,
+        pools: Mapping[str, Pool] | None = None,
+    ) -> Any:
         """
         The protocol factory serving C{listener}.
 
+        @param config: the configuration C{listener} is part of (the one in
+            force by default; a reload passes the new one).
+        @param pools: the runtime pools by name (the service's by default).
         @raise StartupError: the listener's layer is not available.
         """
-        pool = self.pools[listener.pool]
-        timeouts = self.config.pool(listener.pool).timeouts
+        config = config if config is not None else self.config
+        pools = pools if pools is not None else self.pools
+        pool = pools[listener.pool]
+        timeouts = config.pool(listener.pool).timeouts
         if listener.layer == "L4":
             return TCPRelayFactory(
                 pool=pool,
@@ -289,16 +466,16 @@ class TxlbService(MultiService):
                 maxConnections=listener.maxConnections,
                 listenerName=listener.name,
             )
-        return self.buildHTTPFactory(listener)
+        return self.buildHTTPFactory(listener, config, pools)
 
-    def upstreamPool(self, poolName: str) -> Any:
+    def upstreamPool(self, poolName: str, config: Config | None = None) -> Any:
         """
         The persistent backend connections of pool C{poolName}, shared by
         every L7 listener that uses it.
         """
         upstream = self.upstreams.get(poolName)
         if upstream is None:
-            poolConfig = self.config.pool(poolName)
+            poolConfig = (config if config is not None else self.config).pool(poolName)
             upstream = UpstreamPool(
                 self.reactor,
                 connectTimeout=poolConfig.timeouts.connect,
@@ -308,14 +485,22 @@ class TxlbService(MultiService):
             self.upstreams[poolName] = upstream
         return upstream
 
-    def buildHTTPFactory(self, listener: ListenerConfig) -> Any:
+    def buildHTTPFactory(
+        self,
+        listener: ListenerConfig,
+        config: Config | None = None,
+        pools: Mapping[str, Pool] | None = None,
+    ) -> Any:
         """
         The L7 proxy factory serving C{listener}.
 
+        @param config: as for L{buildFactory}.
+        @param pools: as for L{buildFactory}.
         @raise StartupError: a route or setting cannot be used.
         """
-
-        where = f"{self.config.source}: listener {listener.name}"
+        config = config if config is not None else self.config
+        pools = pools if pools is not None else self.pools
+        where = f"{config.source}: listener {listener.name}"
         http = listener.http
         try:
             router = Router(listener.routes, listener.pool)
@@ -323,7 +508,7 @@ class TxlbService(MultiService):
             raise StartupError(f"{where}: routes: {e}")
         l7pools = {}
         for name in {listener.pool, *(r.pool for r in listener.routes)}:
-            poolConfig = self.config.pool(name)
+            poolConfig = config.pool(name)
             budget = self.budgets.get(name)
             if budget is None:
                 budget = self.budgets[name] = RetryBudget(
@@ -344,8 +529,8 @@ class TxlbService(MultiService):
                 raise StartupError(f"{where}: pool {name}: {e}")
             hashKey = hashKeySpec(poolConfig.hashKey)
             l7pools[name] = L7Pool(
-                pool=self.pools[name],
-                upstreams=self.upstreamPool(name),
+                pool=pools[name],
+                upstreams=self.upstreamPool(name, config),
                 policy=policy,
                 retry=RetryPolicy(
                     attempts=poolConfig.retries.attempts,
@@ -367,7 +552,7 @@ class TxlbService(MultiService):
                 raise StartupError(
                     f"{where}: access_log: cannot open {http.accessLog}: {e.strerror or e}"
                 )
-        timeouts = self.config.pool(listener.pool).timeouts
+        timeouts = config.pool(listener.pool).timeouts
         return HTTPProxyFactory(
             pools=l7pools,
             router=router,
@@ -382,6 +567,7 @@ class TxlbService(MultiService):
             maxConnections=listener.maxConnections,
             listenerName=listener.name,
             accessLog=accessLog,
+            rateLimit=self.rateLimiter(listener),
         )
 
     def privilegedStartService(self) -> None:
@@ -399,3 +585,191 @@ class TxlbService(MultiService):
                 connections=soft // 2,
             )
         MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        """
+        Start health checking and the listeners; with health checks, accept
+        connections only once the first round of checks is done.
+        """
+        MultiService.startService(self)
+        rounds = [
+            checker.firstRound
+            for checker in self.health
+            if getattr(checker, "firstRound", None) is not None
+        ]
+        if rounds:
+            for listener in self.listeners:
+                listener.pauseAccepting()
+            DeferredList(rounds, consumeErrors=True).addCallback(
+                lambda _: self._acceptNow()
+            )
+        if self._signals is not None and IReactorCore.providedBy(self.reactor):
+            self.reactor.callWhenRunning(self.installSignalHandlers)
+
+    def _acceptNow(self) -> None:
+        if self.stopping:
+            return
+        for listener in self.listeners:
+            listener.resumeAccepting()
+
+    # ------------------------------------------------------------ signals
+
+    def installSignalHandlers(self) -> None:
+        """
+        Handle SIGTERM and SIGINT (graceful stop; a second one cuts the
+        drain short) and SIGHUP (reload).
+
+        Called once the reactor runs: the reactor installs its own SIGINT
+        and SIGTERM handlers as it starts, replacing any set earlier.
+        """
+        signals = self._signals
+        for name in ("SIGTERM", "SIGINT"):
+            number = getattr(signals, name, None)
+            if number is not None:
+                signals.signal(number, self._stopSignal)
+        number = getattr(signals, "SIGHUP", None)
+        if number is not None:
+            signals.signal(number, self._reloadSignal)
+
+    def _stopSignal(self, number: int, frame: Any) -> None:
+        # Signal handlers run between two bytecodes of whatever the reactor
+        # was doing: hand the work to the reactor.
+        self.reactor.callFromThread(self.stopRequested, number)
+
+    def _reloadSignal(self, number: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def stopRequested(self, number: int = _signal.SIGTERM) -> None:
+        """
+        SIGTERM or SIGINT arrived: the first stops the reactor (and so this
+        service, gracefully); the next ones cut the drain short.
+        """
+        try:
+            name = _signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        if not self.stopping and self.running:
+            self._log.info("{signal}: stopping gracefully", signal=name)
+            self.reactor.stop()
+        else:
+            self._log.warn(
+                "{signal} again: cutting {count} connections now",
+                signal=name,
+                count=self.openConnections(),
+            )
+            self.abortAll()
+
+    # ------------------------------------------------------------ stopping
+
+    def factories(self) -> list[Any]:
+        """
+        Every protocol factory that may still have connections: the
+        listeners' and the retired ones.
+        """
+        return [listener.factory for listener in self.listeners] + list(self.retired)
+
+    def openConnections(self) -> int:
+        """
+        Client connections open now, over every listener.
+        """
+        return sum(getattr(f, "activeCount", 0) for f in self.factories())
+
+    def abortAll(self) -> None:
+        """
+        Cut every client connection now.
+        """
+        for factory in self.factories():
+            abort = getattr(factory, "abortAll", None)
+            if abort is not None:
+                abort()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop in sequence: listeners first (accept nothing more), then drain
+        what is in flight up to the drain deadline, then cut what is left,
+        then stop health checking and close idle backend connections.
+        """
+        self.stopping = True
+        Service.stopService(self)
+        d = maybeDeferred(self.listeners.stopService)
+        d.addBoth(lambda _: self._drain())
+        d.addBoth(lambda _: self.health.stopService())
+        d.addBoth(lambda _: self._closeUpstreams())
+        d.addBoth(lambda _: None)
+        return d
+
+    def _drain(self) -> Deferred[Any]:
+        factories = self.factories()
+        for factory in factories:
+            startDraining = getattr(factory, "startDraining", None)
+            if startDraining is not None:
+                startDraining()
+        open_ = self.openConnections()
+        deadline = self.config.lifecycle.drainTimeout
+        if open_ == 0:
+            return succeed(None)
+        self._log.info(
+            "stopping: accepting no more; draining {count} connections "
+            "(deadline {deadline:g} s)",
+            count=open_,
+            deadline=deadline,
+        )
+        drained = DeferredList([f.drained() for f in factories], consumeErrors=True)
+
+        def cut() -> None:
+            self._drainTimer = None
+            left = self.openConnections()
+            if left:
+                self._log.warn(
+                    "drain deadline passed: cutting {count} connections", count=left
+                )
+            self.abortAll()
+
+        self._drainTimer = self.reactor.callLater(deadline, cut)
+
+        def done(result: object) -> object:
+            timer, self._drainTimer = self._drainTimer, None
+            if timer is not None and timer.active():
+                timer.cancel()
+                self._log.info("drained: every connection finished")
+            return result
+
+        return drained.addBoth(done)
+
+    def _closeUpstreams(self) -> Deferred[Any]:
+        closing = [maybeDeferred(u.closeAll) for u in self.upstreams.values()]
+        return DeferredList(closing, consumeErrors=True)
+
+    # ------------------------------------------------------------ reload
+
+    def reload(self) -> bool:
+        """
+        Re-read the configuration and apply the difference (see
+        L{txlb.reload}); an invalid configuration changes nothing and is
+        logged with the same message as at startup.
+
+        @return: whether a new configuration was applied.
+        """
+        from txlb.reload import applyConfig
+
+        if self.stopping:
+            self._log.warn("SIGHUP while stopping: not reloading")
+            return False
+        if self.reloader is None:
+            self._log.warn("SIGHUP: no configuration file to reload")
+            return False
+        try:
+            config = self.reloader()
+        except ConfigError as e:
+            self._log.error("reload failed, configuration unchanged: {error}", error=str(e))
+            return False
+        except Exception:
+            self._log.failure("reload failed, configuration unchanged")
+            return False
+        try:
+            summary = applyConfig(self, config)
+        except StartupError as e:
+            self._log.error("reload failed, configuration unchanged: {error}", error=str(e))
+            return False
+        self._log.info("reloaded {source}: {summary}", source=config.source, summary=summary)
+        return True

@@ -10,11 +10,13 @@ runs after twistd has chosen a reactor: use C{twistd -r txlb -ny txlb.tac}.
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import attrs
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -256,18 +258,43 @@ class CommandLineService(MultiService):
         except StartupError as e:
             exitWithError(str(e))
 
+    def stopService(self) -> Any:
+        """
+        Stop the children one after another, last started first (txlb
+        drains before the demo backends behind it stop), where
+        L{MultiService} would stop them all at once.
+        """
+        Service.stopService(self)
+        children = list(self)
+        d = succeed(None)
+        for child in reversed(children):
+            d.addBoth(lambda _, child=child: child.stopService())
+        d.addBoth(lambda _: None)
+        return d
 
-def buildService(config: Config, reactor: Any, demo: Any = None) -> MultiService:
+
+def buildService(
+    config: Config,
+    reactor: Any,
+    demo: Any = None,
+    reloader: Callable[[], Config] | None = None,
+    signals: Any = signal,
+) -> MultiService:
     """
     The whole service tree for C{config}, wrapped in L{CommandLineService}.
 
     @param demo: a L{txlb.demo.DemoBackends} to start first, or C{None}.
+    @param reloader: re-reads the configuration for SIGHUP, or C{None}.
+    @param signals: the C{signal} module txlb installs its SIGTERM, SIGINT
+        and SIGHUP handlers with, or C{None} for none.
     """
     top = CommandLineService()
     if demo is not None:
         demo.setServiceParent(top)
     try:
-        TxlbService(config, reactor).setServiceParent(top)
+        TxlbService(
+            config, reactor, reloader=reloader, signals=signals
+        ).setServiceParent(top)
     except StartupError as e:
         raise SystemExit(f"txlb: error: {e}")
     return top
@@ -292,7 +319,14 @@ def makeService(options: Options, reactor: Any = None) -> IServiceCollection:
             port=config.listeners[0].endpoint.split("port=")[1].split(":")[0],
         )
     assert config is not None
-    return buildService(config, reactor, demo)
+    reloader = None
+    if not options["demo"]:
+        path, overrides = options["config"], options.overrides
+
+        def reloader() -> Config:
+            return loadConfig(path, overrides)
+
+    return buildService(config, reactor, demo, reloader)
 
 
 def makeServiceFromFile(path: str, reactor: Any = None) -> IServiceCollection:
@@ -303,8 +337,9 @@ def makeServiceFromFile(path: str, reactor: Any = None) -> IServiceCollection:
     """
     if reactor is None:
         reactor = _globalReactor()
+    path = os.path.abspath(path)
     try:
-        config = loadConfig(os.path.abspath(path))
+        config = loadConfig(path)
     except ConfigError as e:
         raise SystemExit(f"txlb: error: {e}")
-    return buildService(config, reactor)
+    return buildService(config, reactor, reloader=lambda: loadConfig(path))

@@ -168,8 +168,10 @@ class _FactoryBase(ServerFactory):
         maxConnections: int | None = None,
         listenerName: str = "default",
         accessLog: Callable[[dict[str, Any]], None] | None = None,
+        rateLimit: Any = None,
     ) -> None:
         self.pools = dict(pools)
+        self.rateLimit = rateLimit
         self.router = router
         self.reactor = reactor
         self.settings = settings if settings is not None else HTTPSettings()
@@ -202,6 +204,59 @@ class _FactoryBase(ServerFactory):
         """
         return self.limit.drained()
 
+    def reconfigure(self, other: _FactoryBase) -> None:
+        """
+        Take the settings of C{other}, a factory built from a reloaded
+        configuration: requests routed from now on, on every connection,
+        use them.  Counters and open connections stay.
+        """
+        self.pools = other.pools
+        self.router = other.router
+        self.settings = other.settings
+        self.accessLog = other.accessLog
+        self.rateLimit = other.rateLimit
+        self.listenerName = other.listenerName
+        self.limit.maximum = other.limit.maximum
+
+    def startDraining(self) -> None:
+        """
+        Shutting down, or this listener was removed: every response from
+        now on carries C{Connection: close}, and kept-alive connections
+        waiting for their next request are closed now.
+        """
+        self.stopping = True
+        for protocol in list(self.openConnections):
+            protocol.closeIfIdle()
+
+    def abortAll(self) -> None:
+        """
+        Cut every client connection now.
+        """
+        for protocol in list(self.openConnections):
+            protocol.closing = True
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+    def rateKey(self, peer: str, headers: Any) -> str:
+        """
+        The address a rate limit counts a request against: the socket
+        peer, or, when the peer is a trusted proxy, the nearest address in
+        C{X-Forwarded-For} that is not one.
+        """
+        policy = next(iter(self.pools.values())).policy
+        if not policy.isTrusted(peer):
+            return peer
+        hops: list[str] = []
+        for name, value in headers:
+            if name.lower() == b"x-forwarded-for":
+                hops.extend(
+                    h.strip().decode("latin-1") for h in value.split(b",") if h.strip()
+                )
+        for hop in reversed(hops):
+            if not policy.isTrusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
 
 class _Closing(Exception):
     """
@@ -214,10 +269,17 @@ class _Reject(Exception):
     Raised inside a parser callback to refuse the request.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(
+        self, status: int, reason: str, headers: tuple[bytes, ...] = ()
+    ) -> None:
+        """
+        @param headers: extra header lines for the answer (e.g.
+            C{b"Retry-After: 2"}).
+        """
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 @attrs.define(eq=False)
@@ -256,6 +318,8 @@ class ProxiedRequest:
     status: int = 0
     bytesOut: int = 0
     retrying: bool = False
+    # The pool's queue wait, while the request waits for a backend.
+    waiting: Any = None
     staleRetried: bool = False
     counted: bool = False
     plan: Any = None
@@ -447,13 +511,17 @@ class _BadUpgrade(Exception):
 # ------------------------------------------------------------------ helpers
 
 
-def _errorResponse(status: int, reason: str, close: bool) -> bytes:
+def _errorResponse(
+    status: int, reason: str, close: bool, headers: tuple[bytes, ...] = ()
+) -> bytes:
     body = f"{status} {_REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         b"Content-Length: %d\r\n" % len(body),
     ]
+    for line in headers:
+        head.append(line + b"\r\n")
     if close:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")

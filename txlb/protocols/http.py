@@ -17,14 +17,17 @@ to a bound, beyond which the client is not read.
 from __future__ import annotations
 
 import collections
+import math
 from typing import Any
 
 import attrs
 import httptools
+from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txlb.pool import Backend, QueueFull
 from txlb.protocols._httpparts import (
     _COALESCE,
     _CONTINUE,
@@ -158,6 +161,9 @@ class HTTPProxyProtocol(Protocol):
         """
         Stop working on C{request}: cancel its attempt, count it out.
         """
+        waiting, request.waiting = request.waiting, None
+        if waiting is not None:
+            waiting.cancel()
         exchange, request.exchange = request.exchange, None
         if exchange is not None:
             self.endAttempt(exchange, request)
@@ -199,6 +205,15 @@ class HTTPProxyProtocol(Protocol):
         self.factory.counters["header_timeout"] += 1
         self.transport.write(_errorResponse(408, "request header timeout", True))
         self.transport.loseConnection()
+
+    def closeIfIdle(self) -> None:
+        """
+        Close now if no request is in flight or arriving (a kept-alive
+        connection between requests).
+        """
+        if not self.queue and self.parsing is None and self.tunnel is None:
+            self.closing = True
+            self.transport.loseConnection()
 
     def idleTimedOut(self) -> None:
         """
@@ -398,6 +413,17 @@ class HTTPProxyProtocol(Protocol):
         maxBody = factory.settings.maxBodySize
         if maxBody is not None and (framing.contentLength or 0) > maxBody:
             raise _Reject(413, "request body too large")
+        if factory.rateLimit is not None:
+            wait = factory.rateLimit.take(factory.rateKey(self.peer, request.headers))
+            if wait:
+                factory.counters["rate_limited"] += 1
+                # Refused in its head: answered, then closed, so its body
+                # (if any) is never read as a request.
+                raise _Reject(
+                    429,
+                    "too many requests",
+                    (b"Retry-After: %d" % max(1, math.ceil(wait)),),
+                )
         request.framing = framing
         l7pool = request.l7pool = factory.pools[
             factory.router.route(framing.host, target, request.headers)
@@ -452,8 +478,9 @@ class HTTPProxyProtocol(Protocol):
         if not self.queue:
             return
         request = self.queue[0]
-        if request.error is not None:
-            self.answerError(request, request.error.status, request.error.reason, True)
+        error = request.error
+        if error is not None:
+            self.answerError(request, error.status, error.reason, True, error.headers)
             return
         self.tryBackend(request)
 
@@ -486,10 +513,47 @@ class HTTPProxyProtocol(Protocol):
                 # Every usable backend was tried, and failed.
                 self.answerError(request, 502, "bad gateway", not request.bodyDone)
                 return
+            pool = l7pool.pool
+            if pool.queueable():
+                hashKey = l7pool.hashKey
+                waiting = request.waiting = pool.wait(
+                    clientAddress=self.peerAddress,
+                    request=request,
+                    hashKey=None if hashKey is None else _hashKey(hashKey, request, self.peer),
+                )
+                waiting.addCallbacks(self.dequeued, self.queueFailed,
+                                     callbackArgs=(request,), errbackArgs=(request,))
+                return
+            pool.dropped["no_backend"] += 1
             self.factory.counters["no_backend"] += 1
             self.answerError(request, 503, "no backend available",
                              not request.bodyDone)
             return
+        self.useBackend(request, backend, fresh)
+
+    def dequeued(self, backend: Backend, request: ProxiedRequest) -> None:
+        """
+        A backend freed up for C{request}, which waited in its pool's queue.
+        """
+        request.waiting = None
+        self.useBackend(request, backend, False)
+
+    def queueFailed(self, reason: Failure, request: ProxiedRequest) -> None:
+        """
+        C{request} waited in its pool's queue and gave up: 503.
+        """
+        request.waiting = None
+        if reason.check(CancelledError):
+            return
+        self.factory.counters["queue_" + ("full" if reason.check(QueueFull) else "timeout")] += 1
+        self.answerError(request, 503, str(reason.value), not request.bodyDone)
+
+    def useBackend(self, request: ProxiedRequest, backend: Backend, fresh: bool) -> None:
+        """
+        Send C{request} to C{backend}, on an idle connection when there is
+        one (and not C{fresh}), else on a new one.
+        """
+        l7pool = request.l7pool
         request.attempts += 1
         request.tried.append(backend)
         request.backend = backend
@@ -819,7 +883,7 @@ class HTTPProxyProtocol(Protocol):
     # ------------------------------------------------------------ finishing
 
     def answerError(self, request: ProxiedRequest, status: int, reason: str,
-                    close: bool) -> None:
+                    close: bool, headers: tuple[bytes, ...] = ()) -> None:
         """
         Answer C{request} from txlb itself.  When its body was not all read,
         close after, so that leftover bytes are never read as a request.
@@ -832,7 +896,7 @@ class HTTPProxyProtocol(Protocol):
             and not self.closing
             and not self.factory.stopping
         )
-        response = _errorResponse(status, reason, not keepAlive)
+        response = _errorResponse(status, reason, not keepAlive, headers)
         request.bytesOut += len(response)
         self.transport.write(response)
         self.finished(request, close=not keepAlive)

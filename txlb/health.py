@@ -1,0 +1,593 @@
+"""
+Active health checking: one L{PoolHealthChecker} service per pool.
+
+Every C{interval} seconds the checker starts a round that checks each
+backend of the pool in parallel, each after its own random delay (the
+jitter) and each bounded by C{timeout}.  A TCP check passes when a
+connection opens; an HTTP check passes when C{GET path} answers with a
+status in C{expected_status}.  Every outcome, failures included, becomes a
+L{CheckResult} on the backend's L{HealthRecord}; a round never fails, so
+the loop never dies.
+
+The verdict (L{Backend.healthy}) follows these rules, applied by
+L{applyResult} after each check:
+
+  - B{Pending}: a backend that is unhealthy and has not failed C{fall}
+    checks in a row since it was added (a new server, or every server when
+    txlb starts) takes no traffic, and comes up on its B{first} passing
+    check, without waiting for C{rise} passes (as Envoy and HAProxy treat
+    a first check).  While its checks fail it stays pending; once C{fall}
+    have failed in a row it is simply down.  (The record keeps
+    L{RESULTS_KEPT} results, so pending also ends after that many
+    failures, whatever C{fall} is.)
+  - B{Up}: a healthy backend goes down after C{fall} consecutive failed
+    checks.
+  - B{Down}: an unhealthy backend that is not pending comes back up after
+    C{rise} consecutive passed checks.
+
+Each change of verdict is logged as one line, e.g. C{backend web1 of pool
+app is DOWN: connection refused (3 checks failed)}.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    succeed,
+)
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+    TCPTimedOutError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from zope.interface import implementer
+
+from txlb._configvalues import HealthCheckConfig
+from txlb.pool import RESULTS_KEPT, Backend, CheckResult, Pool
+
+#: Bytes of an HTTP check's response body read at most; the rest is
+#: dropped by closing the connection.
+MAX_BODY = 64 * 1024
+
+#: The User-Agent of HTTP checks, so backends can tell them from traffic.
+USER_AGENT = b"txlb-health-check"
+
+# Reasons are one line of at most this many characters.
+_REASON_LENGTH = 200
+
+
+def applyResult(backend: Backend, result: CheckResult, config: HealthCheckConfig) -> bool:
+    """
+    Record C{result} on C{backend.health} and update C{backend}'s verdict
+    by the rules of this module's docstring.
+
+    No I/O and no clock: the state machine alone.
+
+    @param backend: the backend checked.
+    @param result: the outcome of one check.
+    @param config: the C{rise} and C{fall} thresholds.
+    @return: whether the verdict changed.
+    """
+    health = backend.health
+    pending = not backend.healthy and _pending(backend, config)
+    health.results.append(result)
+    health.checked = True
+    if result.ok:
+        health.successes += 1
+        health.failures = 0
+    else:
+        health.failures += 1
+        health.successes = 0
+    if backend.healthy:
+        healthy = health.failures < config.fall
+    elif result.ok:
+        healthy = pending or health.successes >= config.rise
+    else:
+        healthy = False
+    return backend.setHealthy(healthy)
+
+
+def _pending(backend: Backend, config: HealthCheckConfig) -> bool:
+    """
+    Whether the (unhealthy) C{backend} is pending: no check of it has
+    passed yet and fewer than C{fall} (and than the results kept) failed.
+    """
+    health = backend.health
+    kept = health.results.maxlen or RESULTS_KEPT
+    # Every check failed exactly when the consecutive failures count all
+    # results, which the record can tell while it is not full.
+    return health.failures < min(config.fall, kept) and health.failures == len(
+        health.results
+    )
+
+
+class _TimedOut(Exception):
+    """
+    A check took longer than its timeout.
+    """
+
+
+class _CheckerError(Exception):
+    """
+    The checker's own code raised (already logged with its traceback).
+    """
+
+
+class _Probe(Protocol):
+    """
+    Closes the connection as soon as it opens: a TCP check asks no more.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class _BoundedBody(Protocol):
+    """
+    Reads and drops a response body, stopping after C{limit} bytes.
+
+    @ivar done: fires with C{None} once the body ended, failed, was cut at
+        the limit, or was cancelled: whatever happens to the body, the
+        check is judged by the status.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._remaining = limit
+        self.done: Deferred[None] = Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._remaining -= len(data)
+        if self._remaining <= 0:
+            self._stop()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _stop(self) -> None:
+        # Stopping the response's producer closes the connection, which is
+        # how Twisted's HTTP client drops the rest of a body.
+        if self.transport is not None:
+            self.transport.stopProducing()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        self._stop()
+
+
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoint:
+    """
+    Connects an L{Agent} to one backend, whatever the URL says, through
+    the backend's endpoint string (so UNIX and TLS endpoints work too).
+    """
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self._reactor = reactor
+        self._description = description
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        return clientFromString(self._reactor, self._description)
+
+
+class _Check:
+    """
+    One health check of one backend in flight: an optional jitter delay,
+    then one attempt bounded by the timeout, then its result applied.
+
+    @ivar deferred: fires with the L{CheckResult} once applied; fails with
+        L{CancelledError} when cancelled, and the result is then dropped.
+    """
+
+    def __init__(self, checker: PoolHealthChecker, backend: Backend) -> None:
+        self._checker = checker
+        self.backend = backend
+        self._timer: IDelayedCall | None = None
+        self._attempt: Deferred[CheckResult] | None = None
+        self._cancelled = False
+        self.deferred: Deferred[CheckResult] = Deferred(self._cancel)
+
+    def start(self, delay: float) -> None:
+        """
+        Begin the attempt after C{delay} seconds (at once for 0).
+        """
+        if delay > 0:
+            self._timer = self._checker._reactor.callLater(delay, self._begin)
+        else:
+            self._begin()
+
+    def _begin(self) -> None:
+        self._timer = None
+        self._attempt = self._checker._attempt(self.backend)
+        self._attempt.addCallback(self._finished)
+
+    def _finished(self, result: CheckResult) -> None:
+        if self._cancelled:
+            return
+        self._checker._record(self.backend, result)
+        self.deferred.callback(result)
+
+    def _cancel(self, d: Deferred[CheckResult]) -> None:
+        self._cancelled = True
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self._attempt is not None:
+            self._attempt.cancel()
+
+
+class PoolHealthChecker(Service):
+    """
+    Checks the backends of one pool every C{interval} seconds.
+
+    @ivar pool: the L{Pool} checked.
+    @ivar config: its L{HealthCheckConfig}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: Pool,
+        config: HealthCheckConfig,
+        reactor: Any,
+        httpClientFactory: Callable[[Backend], Any] | None = None,
+        random: _random.Random | None = None,
+    ) -> None:
+        """
+        @param pool: the pool whose backends to check.
+        @param config: how to check them.
+        @param reactor: the reactor: L{IReactorTime} and the connect
+            interfaces the backends' endpoint strings need.
+        @param httpClientFactory: for HTTP checks, called with a
+            L{Backend} for each check, returns an object with treq's
+            C{get(url, headers=..., unbuffered=..., allow_redirects=...,
+            reactor=...)} that talks to that backend (a
+            L{treq.testing.StubTreq} in tests).  By default a
+            L{treq.client.HTTPClient} over an L{Agent} that connects with
+            the backend's endpoint string.
+        @param random: draws the jitter delays.
+        """
+        self.pool = pool
+        self.config = config
+        self._reactor = reactor
+        self._random = random if random is not None else _random.Random()
+        self._httpPool: HTTPConnectionPool | None = None
+        if httpClientFactory is None:
+            httpClientFactory = self._defaultHTTPClient
+            if config.type == "http":
+                # Not persistent: an Agent keys cached connections by URL
+                # host, which every backend shares when a Host is set, and
+                # an idle connection between checks is often closed by the
+                # backend's keep-alive timeout just as the next check
+                # reuses it: a false failure.  A new connection per check
+                # also tests accepting, as HAProxy's checks do.
+                self._httpPool = HTTPConnectionPool(reactor, persistent=False)
+        self._httpClientFactory = httpClientFactory
+        self._inFlight: set[_Check] = set()
+        self._loop = LoopingCall(self.round)
+        self._loop.clock = reactor
+        self.setName(f"health-{pool.name}")
+
+    def startService(self) -> None:
+        """
+        Start the rounds, the first at once.
+        """
+        super().startService()
+        self._loop.start(self.config.interval, now=True).addErrback(
+            lambda f: self._log.failure(
+                "health checking of pool {pool} stopped", f, pool=self.pool.name
+            )
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop the rounds and cancel the checks in flight (their results
+        are not recorded).
+
+        @return: a L{Deferred} that fires when the HTTP client's cached
+            connections are closed.
+        """
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        for check in list(self._inFlight):
+            check.deferred.cancel()
+        if self._httpPool is not None:
+            return self._httpPool.closeCachedConnections()
+        return succeed(None)
+
+    def round(self) -> Deferred[None]:
+        """
+        Check every backend the pool has now, in parallel.
+
+        @return: a L{Deferred} that fires with C{None} when every check
+            finished (or was cancelled); it never fails.
+        """
+        checks = []
+        try:
+            for backend in self.pool.backends:
+                checks.append(self._start(backend, self._jitterDelay()))
+        except Exception:
+            self._log.failure(
+                "health-check round of pool {pool} failed", pool=self.pool.name
+            )
+        return DeferredList(checks, consumeErrors=True).addCallback(lambda _: None)
+
+    def checkNow(self, backend: Backend) -> Deferred[CheckResult]:
+        """
+        Check C{backend} at once, outside the rounds (for a server just
+        added), and apply the result.
+
+        @return: a L{Deferred} that fires with the L{CheckResult}; it fails
+            with L{CancelledError} only when cancelled or when the service
+            stops first.
+        """
+        return self._start(backend, 0.0)
+
+    def _jitterDelay(self) -> float:
+        config = self.config
+        if config.jitter <= 0:
+            return 0.0
+        delay = self._random.random() * config.jitter * config.interval
+        # Leave the attempt its whole timeout within the interval.
+        return max(0.0, min(delay, config.interval - config.timeout))
+
+    def _start(self, backend: Backend, delay: float) -> Deferred[CheckResult]:
+        check = _Check(self, backend)
+        self._inFlight.add(check)
+
+        def forget(result: Any) -> Any:
+            self._inFlight.discard(check)
+            return result
+
+        check.deferred.addBoth(forget)
+        check.start(delay)
+        return check.deferred
+
+    def _attempt(self, backend: Backend) -> Deferred[CheckResult]:
+        """
+        Check C{backend} once, within the timeout.
+
+        @return: a L{Deferred} that fires with the L{CheckResult} and never
+            fails.
+        """
+        clock = self._reactor
+        started = clock.seconds()
+        timeout = self.config.timeout
+        try:
+            d = self._probe(backend)
+        except Exception as e:
+            self._log.failure(
+                "health check of backend {backend} of pool {pool} raised",
+                backend=backend.name,
+                pool=self.pool.name,
+            )
+            d = fail(_CheckerError(f"{type(e).__name__}: {e}"))
+
+        def timedOut(result: Any, timeout: float) -> Any:
+            if isinstance(result, Failure):
+                return Failure(_TimedOut())
+            # Cancelling found the verdict already known (an HTTP status
+            # whose body was still arriving): keep it.
+            return result
+
+        def passed(outcome: tuple[bool, str]) -> CheckResult:
+            ok, reason = outcome
+            now = clock.seconds()
+            return CheckResult(at=now, ok=ok, reason=reason, duration=now - started)
+
+        def failed(f: Failure) -> CheckResult:
+            reason = _describe(f, timeout)
+            if reason is None:
+                self._log.failure(
+                    "unexpected error checking backend {backend} of pool {pool}",
+                    f,
+                    backend=backend.name,
+                    pool=self.pool.name,
+                )
+                reason = _oneLine(f"{type(f.value).__name__}: {f.value}")
+            now = clock.seconds()
+            return CheckResult(at=now, ok=False, reason=reason, duration=now - started)
+
+        d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
+        return d.addCallbacks(passed, failed)
+
+    def _probe(self, backend: Backend) -> Deferred[tuple[bool, str]]:
+        """
+        Start one check of C{backend} of the configured type.
+
+        @return: a L{Deferred} that fires with C{(passed, reason)} or fails
+            with why the backend could not be reached.
+        """
+        kind = self.config.type
+        if kind == "tcp":
+            return self._tcpProbe(backend)
+        if kind == "http":
+            return self._httpProbe(backend)
+        raise ValueError(f"unknown health check type {kind!r}")
+
+    def _tcpProbe(self, backend: Backend) -> Deferred[tuple[bool, str]]:
+        endpoint = clientFromString(self._reactor, backend.endpoint)
+        d = endpoint.connect(Factory.forProtocol(_Probe))
+        return d.addCallback(lambda _: (True, "connected"))
+
+    def _defaultHTTPClient(self, backend: Backend) -> Any:
+        # Imported here: treq is only needed when HTTP checks are used.
+        from treq.client import HTTPClient
+
+        agent = Agent.usingEndpointFactory(
+            self._reactor,
+            _BackendEndpoint(self._reactor, backend.endpoint),
+            pool=self._httpPool,
+        )
+        return HTTPClient(agent)
+
+    def _hostHeader(self, backend: Backend) -> str:
+        """
+        The I{Host} of C{backend}'s checks: the configured one, else the
+        backend's address and port, else its name.
+        """
+        if self.config.host is not None:
+            return self.config.host
+        if backend.address is not None and backend.port is not None:
+            if ":" in backend.address:
+                return f"[{backend.address}]:{backend.port}"
+            return f"{backend.address}:{backend.port}"
+        return backend.name
+
+    def _httpProbe(self, backend: Backend) -> Deferred[tuple[bool, str]]:
+        config = self.config
+        host = self._hostHeader(backend)
+        try:
+            rawHost = host.encode("ascii")
+        except UnicodeEncodeError:
+            rawHost = host.encode("idna")
+        headers = Headers({b"Host": [rawHost], b"User-Agent": [USER_AGENT]})
+        client = self._httpClientFactory(backend)
+        d = client.get(
+            f"http://{host}{config.path}",
+            headers=headers,
+            unbuffered=True,
+            allow_redirects=False,
+            reactor=self._reactor,
+        )
+        return d.addCallback(self._judge)
+
+    def _judge(self, response: IResponse) -> Deferred[tuple[bool, str]]:
+        """
+        Judge C{response} by its status, once at most L{MAX_BODY} bytes of
+        its body were read.
+        """
+        low, high = self.config.expectedStatus
+        code = response.code
+        if low <= code <= high:
+            outcome = (True, f"HTTP {code}")
+        else:
+            expected = f"{low}" if low == high else f"{low}-{high}"
+            outcome = (False, f"HTTP {code}, expected {expected}")
+        body = _BoundedBody(MAX_BODY)
+        response.deliverBody(body)
+        return body.done.addCallback(lambda _: outcome)
+
+    def _record(self, backend: Backend, result: CheckResult) -> None:
+        """
+        Apply C{result} to C{backend} and log a change of verdict.
+        """
+        try:
+            changed = applyResult(backend, result, self.config)
+        except Exception:
+            self._log.failure(
+                "could not apply a health check result to backend {backend} "
+                "of pool {pool}",
+                backend=backend.name,
+                pool=self.pool.name,
+            )
+            return
+        if not changed:
+            return
+        health = backend.health
+        if backend.healthy:
+            self._log.info(
+                "backend {backend} of pool {pool} is UP ({reason}, "
+                "{successes} checks passed)",
+                backend=backend.name,
+                pool=self.pool.name,
+                reason=result.reason,
+                successes=health.successes,
+            )
+        else:
+            self._log.warn(
+                "backend {backend} of pool {pool} is DOWN: {reason} "
+                "({failures} checks failed)",
+                backend=backend.name,
+                pool=self.pool.name,
+                reason=result.reason,
+                failures=health.failures,
+            )
+
+
+def _oneLine(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    if len(line) > _REASON_LENGTH:
+        line = line[: _REASON_LENGTH - 3] + "..."
+    return line
+
+
+_WRAPPERS: tuple[tuple[type[Exception], str], ...] = (
+    (ResponseNeverReceived, "no response"),
+    (ResponseFailed, "response failed"),
+    (RequestTransmissionFailed, "request failed"),
+    (RequestGenerationFailed, "request failed"),
+)
+
+_KNOWN: tuple[tuple[type[BaseException], str], ...] = (
+    (CancelledError, "cancelled"),
+    (ConnectingCancelledError, "cancelled"),
+    (ConnectionRefusedError, "connection refused"),
+    (TCPTimedOutError, "connect timed out"),
+    (ConnectTimeoutError, "connect timed out"),
+    (NoRouteError, "no route to host"),
+    (DNSLookupError, "DNS lookup failed"),
+    (ConnectionDone, "connection closed"),
+    (ConnectionLost, "connection lost"),
+)
+
+
+def _describe(f: Failure, timeout: float, inner: bool = False) -> str | None:
+    """
+    A one-line reason for a failed check, or C{None} when C{f} is not one
+    of the ways a network check fails (a bug to log).
+
+    @param inner: C{f} is the cause inside an HTTP client error: describe
+        it whatever it is.
+    """
+    e = f.value
+    if isinstance(e, _TimedOut):
+        return f"timed out after {timeout:g} s"
+    if isinstance(e, _CheckerError):
+        return _oneLine(f"internal error: {e}")
+    for kind, prefix in _WRAPPERS:
+        if isinstance(e, kind):
+            reasons = getattr(e, "reasons", None) or []
+            if reasons and isinstance(reasons[0], Failure):
+                return f"{prefix}: {_describe(reasons[0], timeout, inner=True)}"
+            return prefix
+    for kind, text in _KNOWN:
+        if isinstance(e, kind):
+            return text
+    if isinstance(e, (ConnectError, OSError)) or inner:
+        return _oneLine(f"{type(e).__name__}: {e}")
+    return None

@@ -1,0 +1,313 @@
+"""
+Applying a new configuration to a running L{txlb.service.TxlbService}
+(SIGHUP).
+
+A reload happens in two phases:
+
+    1. I{Prepare}, which may fail and then changes nothing: every new or
+       changed strategy is built, new pools are built aside, every listener
+       that is new or listens somewhere new is bound (and accepts nothing
+       yet), and every protocol factory is built.  If anything fails, what
+       was bound is closed again and L{StartupError} is raised.
+    2. I{Commit}, which cannot fail: pools, servers, health checkers and
+       listeners are changed in place.
+
+What a reload keeps and changes:
+
+    - A server is identified by its C{name} within its pool.  A server in
+      both configurations keeps its L{Backend}: health state, counters,
+      breaker and ejection.  A changed weight or C{max_connections} is
+      applied in place; a changed endpoint makes it a new server.
+    - A removed server leaves its pool at once (no new traffic) and drains:
+      connections and requests in flight finish; its idle pooled L7
+      connections are closed.
+    - An added server is pending (no traffic) until its first health check
+      passes when its pool has a health check, and ramps up over the pool's
+      C{slow_start} either way.
+    - A pool's strategy is rebuilt when its algorithm or options change;
+      backends and their counters stay.  A pool's health checker is
+      replaced when its health check changes (the backends' health records
+      stay).
+    - A listener whose endpoint or layer changes is bound anew before
+      anything is committed; the old socket then stops accepting, and its
+      connections finish on their own.  A removed listener stops accepting;
+      its kept-alive L7 clients are told C{Connection: close} on their next
+      response.  A listener otherwise changed keeps its socket and serves
+      new requests (L7) or connections (L4) with the new settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from txlb.config import Config, ListenerConfig, PoolConfig
+from txlb.plugin import StrategyLookupError, findStrategy
+from txlb.pool import AdminState, Backend, Pool
+
+if TYPE_CHECKING:
+    from txlb.service import ListenerService, TxlbService
+
+_log = Logger()
+
+
+def applyConfig(service: TxlbService, new: Config) -> str:
+    """
+    Make C{service} run C{new}.
+
+    @return: a one-line summary of what changed.
+    @raise StartupError: C{new} cannot be applied; nothing was changed.
+    """
+    from txlb.service import ListenerService, StartupError, buildPool
+
+    old = service.config
+    changes: list[str] = []
+
+    # ---- prepare: strategies and new pools
+    strategies: dict[str, tuple[str, Any]] = {}
+    pools: dict[str, Pool] = {}
+    for poolConfig in new.pools:
+        existing = service.pools.get(poolConfig.name)
+        if existing is None:
+            try:
+                pools[poolConfig.name] = buildPool(
+                    poolConfig, service.reactor, service.registry, service._random
+                )
+            except (StrategyLookupError, ValueError) as e:
+                raise StartupError(f"{new.source}: pools.{poolConfig.name}: {e}")
+            continue
+        pools[poolConfig.name] = existing
+        before = _oldPool(old, poolConfig.name)
+        if before is None or (before.algorithm, before.algorithmOptions) != (
+            poolConfig.algorithm,
+            poolConfig.algorithmOptions,
+        ):
+            try:
+                factory = findStrategy(poolConfig.algorithm, service.registry)
+                strategies[poolConfig.name] = (
+                    factory.name,
+                    factory.build(poolConfig.options),
+                )
+            except (StrategyLookupError, ValueError) as e:
+                raise StartupError(f"{new.source}: pools.{poolConfig.name}: {e}")
+
+    # ---- prepare: listeners (bind what is new before committing anything)
+    current = {listener.name: listener for listener in service.listeners}
+    bound: list[ListenerService] = []
+    factories: dict[str, Any] = {}
+    try:
+        for listener in new.listeners:
+            factories[listener.name] = service.buildFactory(listener, new, pools)
+            running = current.get(listener.name)
+            if running is not None and not _rebind(running.listener, listener):
+                continue
+            fresh = ListenerService(listener, factories[listener.name], service.reactor)
+            fresh._listen()
+            fresh.pauseAccepting()
+            bound.append(fresh)
+    except StartupError:
+        for fresh in bound:
+            fresh.stopService()
+        raise
+
+    # ---- commit: pools
+    for name in set(service.pools) - set(pools):
+        _removePool(service, name)
+        changes.append(f"pool {name} removed")
+    for poolConfig in new.pools:
+        pool = pools[poolConfig.name]
+        if poolConfig.name not in service.pools:
+            service.pools[poolConfig.name] = pool
+            service.addHealthChecker(poolConfig, pool)
+            changes.append(f"pool {poolConfig.name} added")
+            continue
+        changes.extend(
+            _updatePool(service, pool, _oldPool(old, poolConfig.name), poolConfig,
+                        strategies.get(poolConfig.name))
+        )
+
+    # ---- commit: listeners
+    newNames = {listener.name for listener in new.listeners}
+    for name, running in current.items():
+        if name not in newNames:
+            _retire(service, running, drain=True)
+            changes.append(f"listener {name} removed")
+    freshByName = {fresh.listener.name: fresh for fresh in bound}
+    for listener in new.listeners:
+        factory = factories[listener.name]
+        running = current.get(listener.name)
+        fresh = freshByName.get(listener.name)
+        if fresh is not None:
+            if running is not None:
+                _retire(service, running, drain=running.listener.layer != listener.layer)
+                changes.append(f"listener {listener.name} moved to {listener.endpoint}")
+            else:
+                changes.append(f"listener {listener.name} added on {listener.endpoint}")
+            fresh.setServiceParent(service.listeners)
+            fresh.resumeAccepting()
+            continue
+        assert running is not None
+        if running.listener != listener:
+            changes.append(f"listener {listener.name} changed")
+        reconfigure = getattr(running.factory, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(factory)
+        else:
+            service.retired.add(running.swapFactory(factory))
+            _forgetWhenDrained(service, running.factory)
+        running.listener = listener
+
+    service.config = new
+    return "; ".join(changes) if changes else "no changes"
+
+
+def _oldPool(config: Config, name: str) -> PoolConfig | None:
+    try:
+        return config.pool(name)
+    except KeyError:
+        return None
+
+
+def _rebind(old: ListenerConfig, new: ListenerConfig) -> bool:
+    """
+    Whether going from C{old} to C{new} needs a new listening socket.
+    """
+    return old.endpoint != new.endpoint or old.layer != new.layer
+
+
+def _retire(service: TxlbService, running: ListenerService, drain: bool) -> None:
+    """
+    Stop C{running} accepting; its connections finish on their own (told
+    C{Connection: close} when C{drain}).
+    """
+    running.disownServiceParent()
+    running.stopService()
+    factory = running.factory
+    if drain:
+        stopping = getattr(factory, "stopping", None)
+        if stopping is not None:
+            factory.stopping = True
+    service.retired.add(factory)
+    _forgetWhenDrained(service, factory)
+
+
+def _forgetWhenDrained(service: TxlbService, factory: Any) -> None:
+    drained = getattr(factory, "drained", None)
+    if drained is None:
+        service.retired.discard(factory)
+        return
+    drained().addCallback(lambda _: service.retired.discard(factory))
+
+
+def _removePool(service: TxlbService, name: str) -> None:
+    pool = service.pools.pop(name)
+    for checker in list(service.health):
+        if getattr(checker, "pool", None) is pool:
+            checker.disownServiceParent()
+            checker.stopService()
+    _dropBackends(service, pool, list(pool.backends))
+    detector = pool.outlierDetector
+    if detector is not None:
+        detector.stop()
+    upstream = service.upstreams.pop(name, None)
+    if upstream is not None:
+        upstream.closeIdle()
+    service.budgets.pop(name, None)
+
+
+def _dropBackends(service: TxlbService, pool: Pool, backends: list[Backend]) -> None:
+    """
+    C{backends} leave C{pool}: they drain.
+    """
+    upstream = service.upstreams.get(pool.name)
+    detector = pool.outlierDetector
+    for backend in backends:
+        backend.state = AdminState.draining
+        if upstream is not None:
+            upstream.closeIdle(backend)
+        if detector is not None:
+            detector.forget(backend)
+        if backend.breaker is not None:
+            backend.breaker.stop()
+
+
+def _updatePool(
+    service: TxlbService,
+    pool: Pool,
+    before: PoolConfig | None,
+    after: PoolConfig,
+    strategy: tuple[str, Any] | None,
+) -> list[str]:
+    """
+    Change C{pool} from C{before} to C{after}.
+
+    @return: what changed, for the log.
+    """
+    from txlb.service import buildBackend, configurePool
+
+    changes = []
+    oldServers = {s.name: s for s in (before.servers if before else ())}
+    backends = []
+    added = []
+    removed = []
+    for server in after.servers:
+        backend = pool.backend(server.name)
+        was = oldServers.get(server.name)
+        if backend is not None and was is not None and was.endpoint == server.endpoint:
+            backend.configuredWeight = server.weight
+            backend.maxConnections = server.maxConnections
+            if (was.weight, was.maxConnections) != (server.weight, server.maxConnections):
+                changes.append(f"server {server.name} of pool {pool.name} changed")
+            backends.append(backend)
+            continue
+        if backend is not None:
+            removed.append(backend)
+        fresh = buildBackend(server)
+        fresh.rampOnUp = True
+        if after.healthCheck is not None:
+            fresh.healthy = False
+        backends.append(fresh)
+        added.append(fresh)
+    keptIds = set(map(id, backends))
+    removed.extend(b for b in pool.backends if id(b) not in keptIds and b not in removed)
+    pool.setBackends(backends)
+    _dropBackends(service, pool, removed)
+    for backend in removed:
+        changes.append(f"server {backend.name} of pool {pool.name} removed")
+    if strategy is not None:
+        pool.setStrategy(*strategy)
+        changes.append(f"pool {pool.name} uses {strategy[0]}")
+    configurePool(pool, after)
+    upstream = service.upstreams.get(pool.name)
+    if upstream is not None:
+        upstream.connectTimeout = after.timeouts.connect
+        upstream.maxIdlePerBackend = after.connectionPool.maxIdle
+        upstream.idleTimeout = after.connectionPool.idleTimeout
+    budget = service.budgets.get(pool.name)
+    if budget is not None:
+        budget.ratio = after.retries.budget
+        budget.minimum = after.retries.minRetries
+
+    checker = None
+    for candidate in list(service.health):
+        if getattr(candidate, "pool", None) is pool:
+            checker = candidate
+    before_check = before.healthCheck if before is not None else None
+    if before_check != after.healthCheck:
+        if checker is not None:
+            checker.disownServiceParent()
+            checker.stopService()
+        checker = service.addHealthChecker(after, pool)
+        if after.healthCheck is None:
+            # Nothing will check them: every server is taken as healthy.
+            for backend in pool.backends:
+                backend.setHealthy(True)
+        changes.append(f"pool {pool.name} health check changed")
+    for backend in added:
+        changes.append(f"server {backend.name} of pool {pool.name} added")
+        if checker is not None and checker.running:
+            checker.checkNow(backend)
+        elif backend.healthy:
+            backend.startSlowStart()
+    return changes
