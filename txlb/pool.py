@@ -270,7 +270,7 @@ class Backend:
             self.rampOnUp = True
             self._rampStart = None
         if self.pool is not None:
-            self.pool._availabilityChanged()
+            self.pool.availabilityChanged()
         return True
 
     @property
@@ -462,7 +462,7 @@ class Pool:
         backend.pool = self
         self._backends.append(backend)
         self._membershipChanged()
-        self._availabilityChanged()
+        self.availabilityChanged()
 
     def removeBackend(self, name: str) -> Backend:
         """
@@ -497,7 +497,7 @@ class Pool:
             b.pool = self
         self._backends = new
         self._membershipChanged()
-        self._availabilityChanged()
+        self.availabilityChanged()
 
     def setStrategy(self, algorithm: str, strategy: IStrategy) -> None:
         """
@@ -566,7 +566,7 @@ class Pool:
                 algorithm=self.algorithm,
                 pool=self.name,
             )
-            return candidates[0]
+            chosen = candidates[0]
         if chosen not in candidates:
             # A broken plugin must not route to an unusable backend.
             self._log.error(
@@ -604,6 +604,7 @@ class Pool:
                 and b.healthy
                 and b.state is AdminState.active
                 and not b.ejected
+                and (b.breaker is None or b.breaker.allows())
             ):
                 return True
         return False
@@ -642,7 +643,11 @@ class Pool:
         """
         return len(self._waiting)
 
-    def _availabilityChanged(self) -> None:
+    def availabilityChanged(self) -> None:
+        """
+        A backend may have become usable (health, ejection, breaker, a new
+        backend): give queued connections or requests a chance.
+        """
         if self._waiting:
             self._wake()
 

@@ -81,7 +81,7 @@ class OutlierDetector:
     retried at the backend's next failure.
 
     @ivar pool: the L{txlb.pool.Pool} watched; its C{backends} are what the
-        percentage is of, and its C{_availabilityChanged()}, when it has
+        percentage is of, and its C{availabilityChanged()}, when it has
         one, is called whenever a backend comes back.
     @ivar config: the L{OutlierConfig}.
     @ivar clock: the L{IReactorTime} that ends ejections.
@@ -116,6 +116,11 @@ class OutlierDetector:
         """
         watch = self._watches.get(backend)
         if watch is None:
+            if backend.pool is not self.pool:
+                # A request of a backend that left the pool ended late:
+                # watching it again would leak, and could use up the
+                # pool's ejection budget.
+                return
             watch = self._watches[backend] = _Watch()
         if watch.until is not None:
             return
@@ -191,22 +196,19 @@ class OutlierDetector:
             reason=reason,
         )
 
-    def _unwatch(self, backend: Backend, watch: _Watch) -> bool:
+    def _unwatch(self, backend: Backend, watch: _Watch) -> None:
         """
         End C{watch}'s ejection, if any, without waking anybody.
-
-        @return: whether C{backend} was ejected.
         """
         timer, watch.timer = watch.timer, None
         if timer is not None and timer.active():
             timer.cancel()
         if watch.until is None:
-            return False
+            return
         watch.until = None
         watch.returnedAt = self.clock.seconds()
         self.ejectionsActive -= 1
         backend.ejected = False
-        return True
 
     def _return(self, backend: Backend, watch: _Watch) -> None:
         watch.timer = None
@@ -217,7 +219,7 @@ class OutlierDetector:
             backend=backend.name,
         )
         wake: Callable[[], None] | None = getattr(
-            self.pool, "_availabilityChanged", None
+            self.pool, "availabilityChanged", None
         )
         if wake is not None:
             wake()
@@ -303,7 +305,7 @@ class CircuitBreaker:
     @ivar name: what the log calls the backend.
     @ivar onAvailable: called with no arguments whenever L{allows} turns
         C{True} again (open to half-open, a new round of probes, half-open
-        to closed), e.g. a pool's C{_availabilityChanged} to wake its
+        to closed), e.g. a pool's C{availabilityChanged} to wake its
         queue; or C{None}.
     @ivar state: the L{BreakerState}.
     @ivar opened: times it opened.

@@ -124,9 +124,8 @@ def configurePool(pool: Pool, poolConfig: PoolConfig) -> None:
     if detector is not None and (
         poolConfig.outlier is None or detector.config != poolConfig.outlier
     ):
+        # Stopping it puts what it ejected back in rotation.
         detector.stop()
-        for backend in pool.backends:
-            backend.ejected = False
         detector = None
     if detector is None and poolConfig.outlier is not None:
         detector = OutlierDetector(pool, poolConfig.outlier, pool.clock)
@@ -147,7 +146,12 @@ def configureBackend(backend: Backend, pool: Pool, poolConfig: PoolConfig) -> No
         breaker.stop()
         breaker = None
     if breaker is None and poolConfig.breaker is not None:
-        breaker = CircuitBreaker(poolConfig.breaker, pool.clock, name=backend.name)
+        breaker = CircuitBreaker(
+            poolConfig.breaker,
+            pool.clock,
+            name=backend.name,
+            onAvailable=pool.availabilityChanged,
+        )
     backend.breaker = breaker
 
 

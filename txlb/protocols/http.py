@@ -265,7 +265,7 @@ class HTTPProxyProtocol(Protocol):
                 # txlb answered and closed while this read was parsed.
                 return
             if isinstance(reject, _Reject):
-                self.rejectParsing(reject.status, reject.reason)
+                self.rejectParsing(reject.status, reject.reason, reject.headers)
             else:
                 self._log.failure(
                     "internal error parsing a request from {peer}",
@@ -303,14 +303,15 @@ class HTTPProxyProtocol(Protocol):
         if request.headerSize + request.headerPending > self.factory.settings.maxHeaderSize:
             self.rejectParsing(431, "request header block too large")
 
-    def rejectParsing(self, status: int, reason: str) -> None:
+    def rejectParsing(self, status: int, reason: str,
+                      headers: tuple[bytes, ...] = ()) -> None:
         """
         The request being parsed is refused: once the requests before it
         are answered, answer C{status} and close.  Nothing more is read.
         """
         request = self.parsing or ProxiedRequest()
         self.parsing = None
-        request.error = _Reject(status, reason)
+        request.error = _Reject(status, reason, headers)
         self.factory.counters["rejected"] += 1
         self.ignoreInput = True
         self.pauseReading("rejected")
@@ -329,7 +330,7 @@ class HTTPProxyProtocol(Protocol):
                 self.transport.abortConnection()
                 return
             self.abandon(request)
-            self.answerError(request, status, reason, True)
+            self.answerError(request, status, reason, True, headers)
 
     def upgradeData(self, data: bytes) -> None:
         """
