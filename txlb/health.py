@@ -10,7 +10,7 @@ L{CheckResult} on the backend's L{HealthRecord}; a round never fails, so
 the loop never dies.
 
 The verdict (L{Backend.healthy}) follows these rules, applied by
-L{applyResult} after each check:
+L{applyResult} after each check; L{healthState} names the three states:
 
   - B{Pending}: a backend that is unhealthy and has not failed C{fall}
     checks in a row since it was added (a new server, or every server when
@@ -26,13 +26,16 @@ L{applyResult} after each check:
     C{rise} consecutive passed checks.
 
 Each change of verdict is logged as one line, e.g. C{backend web1 of pool
-app is DOWN: connection refused (3 checks failed)}.
+app is DOWN: connection refused (3 checks failed)}, and so is a pending
+backend found down.
 """
 
 from __future__ import annotations
 
+import enum
 import random as _random
-from typing import Any, Callable
+import re
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -71,8 +74,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from txlb._configvalues import HealthCheckConfig
 from txlb.pool import RESULTS_KEPT, Backend, CheckResult, Pool
+
+if TYPE_CHECKING:
+    from txlb.config import HealthCheckConfig
 
 #: Bytes of an HTTP check's response body read at most; the rest is
 #: dropped by closing the connection.
@@ -81,11 +86,47 @@ MAX_BODY = 64 * 1024
 #: The User-Agent of HTTP checks, so backends can tell them from traffic.
 USER_AGENT = b"txlb-health-check"
 
+# A host[:port] that any URL parser takes as it is.
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+(:[0-9]+)?\Z")
+
 # Reasons are one line of at most this many characters.
 _REASON_LENGTH = 200
 
 
-def applyResult(backend: Backend, result: CheckResult, config: HealthCheckConfig) -> bool:
+class HealthState(enum.Enum):
+    """
+    Where a backend stands in the rules of this module's docstring.
+
+    @cvar pending: not yet passed a check, and fewer than C{fall} failed.
+    @cvar up: healthy.
+    @cvar down: unhealthy and not pending.
+    """
+
+    pending = "pending"
+    up = "up"
+    down = "down"
+
+
+def healthState(backend: Backend, config: HealthCheckConfig) -> HealthState:
+    """
+    The L{HealthState} of C{backend}, from its verdict and its record.
+    """
+    if backend.healthy:
+        return HealthState.up
+    health = backend.health
+    kept = health.results.maxlen or RESULTS_KEPT
+    # Every check failed exactly when the consecutive failures count all
+    # the results, which the record can tell while it is not full.
+    if health.failures < min(config.fall, kept) and health.failures == len(
+        health.results
+    ):
+        return HealthState.pending
+    return HealthState.down
+
+
+def applyResult(
+    backend: Backend, result: CheckResult, config: HealthCheckConfig
+) -> bool:
     """
     Record C{result} on C{backend.health} and update C{backend}'s verdict
     by the rules of this module's docstring.
@@ -97,8 +138,8 @@ def applyResult(backend: Backend, result: CheckResult, config: HealthCheckConfig
     @param config: the C{rise} and C{fall} thresholds.
     @return: whether the verdict changed.
     """
+    state = healthState(backend, config)
     health = backend.health
-    pending = not backend.healthy and _pending(backend, config)
     health.results.append(result)
     health.checked = True
     if result.ok:
@@ -107,27 +148,13 @@ def applyResult(backend: Backend, result: CheckResult, config: HealthCheckConfig
     else:
         health.failures += 1
         health.successes = 0
-    if backend.healthy:
+    if state is HealthState.up:
         healthy = health.failures < config.fall
-    elif result.ok:
-        healthy = pending or health.successes >= config.rise
+    elif state is HealthState.pending:
+        healthy = result.ok
     else:
-        healthy = False
+        healthy = health.successes >= config.rise
     return backend.setHealthy(healthy)
-
-
-def _pending(backend: Backend, config: HealthCheckConfig) -> bool:
-    """
-    Whether the (unhealthy) C{backend} is pending: no check of it has
-    passed yet and fewer than C{fall} (and than the results kept) failed.
-    """
-    health = backend.health
-    kept = health.results.maxlen or RESULTS_KEPT
-    # Every check failed exactly when the consecutive failures count all
-    # results, which the record can tell while it is not full.
-    return health.failures < min(config.fall, kept) and health.failures == len(
-        health.results
-    )
 
 
 class _TimedOut(Exception):
@@ -297,8 +324,9 @@ class PoolHealthChecker(Service):
                 self._httpPool = HTTPConnectionPool(reactor, persistent=False)
         self._httpClientFactory = httpClientFactory
         self._inFlight: set[_Check] = set()
-        self._loop = LoopingCall(self.round)
-        self._loop.clock = reactor
+        self._loop: LoopingCall | None = None
+        # Waiters for the first whole round; None once it finished.
+        self._waiting: list[Deferred[None]] | None = []
         self.setName(f"health-{pool.name}")
 
     def startService(self) -> None:
@@ -306,7 +334,14 @@ class PoolHealthChecker(Service):
         Start the rounds, the first at once.
         """
         super().startService()
-        self._loop.start(self.config.interval, now=True).addErrback(
+        if self._waiting is None:
+            self._waiting = []
+        # Made here, not in __init__: LoopingCall() imports the global
+        # reactor, which by now is installed (building the service tree
+        # must not install the default one).
+        self._loop = loop = LoopingCall(self.round)
+        loop.clock = self._reactor
+        loop.start(self.config.interval, now=True).addErrback(
             lambda f: self._log.failure(
                 "health checking of pool {pool} stopped", f, pool=self.pool.name
             )
@@ -321,10 +356,12 @@ class PoolHealthChecker(Service):
             connections are closed.
         """
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
         for check in list(self._inFlight):
             check.deferred.cancel()
+        self._roundFinished()
         if self._httpPool is not None:
             return self._httpPool.closeCachedConnections()
         return succeed(None)
@@ -344,7 +381,30 @@ class PoolHealthChecker(Service):
             self._log.failure(
                 "health-check round of pool {pool} failed", pool=self.pool.name
             )
-        return DeferredList(checks, consumeErrors=True).addCallback(lambda _: None)
+        d = DeferredList(checks, consumeErrors=True)
+        return d.addCallback(lambda _: self._roundFinished())
+
+    def whenReady(self) -> Deferred[None]:
+        """
+        Wait for the first whole round since the service started: then
+        every backend present at its start has had its first check (the
+        pending ones that passed take traffic).  A service tree can start
+        its listeners after it, as Envoy warms a cluster, so that traffic
+        arriving at startup does not find every backend still pending.
+
+        @return: a L{Deferred} that fires with C{None} when that round
+            finished (at once if it has) or the service stopped first.
+        """
+        if self._waiting is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _roundFinished(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        for d in waiting or ():
+            d.callback(None)
 
     def checkNow(self, backend: Backend) -> Deferred[CheckResult]:
         """
@@ -410,7 +470,10 @@ class PoolHealthChecker(Service):
             return CheckResult(at=now, ok=ok, reason=reason, duration=now - started)
 
         def failed(f: Failure) -> CheckResult:
-            reason = _describe(f, timeout)
+            try:
+                reason = _describe(f, timeout)
+            except Exception:
+                reason = None
             if reason is None:
                 self._log.failure(
                     "unexpected error checking backend {backend} of pool {pool}",
@@ -423,7 +486,9 @@ class PoolHealthChecker(Service):
             return CheckResult(at=now, ok=False, reason=reason, duration=now - started)
 
         d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
-        return d.addCallbacks(passed, failed)
+        # The errback comes after the callback so that any error, ours
+        # included, is a failed check and never a round that does not end.
+        return d.addCallback(passed).addErrback(failed)
 
     def _probe(self, backend: Backend) -> Deferred[tuple[bool, str]]:
         """
@@ -476,9 +541,13 @@ class PoolHealthChecker(Service):
         except UnicodeEncodeError:
             rawHost = host.encode("idna")
         headers = Headers({b"Host": [rawHost], b"User-Agent": [USER_AGENT]})
+        # The URL decides neither where to connect (the endpoint does) nor
+        # the Host (set above); it carries the Host only when treq can
+        # encode it, which it cannot for an IPv6 literal.
+        urlHost = host if _PLAIN_HOST.match(host) else "localhost"
         client = self._httpClientFactory(backend)
         d = client.get(
-            f"http://{host}{config.path}",
+            f"http://{urlHost}{config.path}",
             headers=headers,
             unbuffered=True,
             allow_redirects=False,
@@ -504,9 +573,11 @@ class PoolHealthChecker(Service):
 
     def _record(self, backend: Backend, result: CheckResult) -> None:
         """
-        Apply C{result} to C{backend} and log a change of verdict.
+        Apply C{result} to C{backend} and log a change of state: of
+        verdict, or a pending backend found down.
         """
         try:
+            before = healthState(backend, self.config)
             changed = applyResult(backend, result, self.config)
         except Exception:
             self._log.failure(
@@ -516,9 +587,12 @@ class PoolHealthChecker(Service):
                 pool=self.pool.name,
             )
             return
-        if not changed:
-            return
         health = backend.health
+        if not changed and not (
+            before is HealthState.pending
+            and healthState(backend, self.config) is HealthState.down
+        ):
+            return
         if backend.healthy:
             self._log.info(
                 "backend {backend} of pool {pool} is UP ({reason}, "

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from txlb.config import Config, ListenerConfig, PoolConfig
@@ -307,7 +308,7 @@ def _updatePool(
     for backend in added:
         changes.append(f"server {backend.name} of pool {pool.name} added")
         if checker is not None and checker.running:
-            checker.checkNow(backend)
+            checker.checkNow(backend).addErrback(lambda f: f.trap(CancelledError))
         elif backend.healthy:
             backend.startSlowStart()
     return changes

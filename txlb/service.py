@@ -596,11 +596,7 @@ class TxlbService(MultiService):
         connections only once the first round of checks is done.
         """
         MultiService.startService(self)
-        rounds = [
-            checker.firstRound
-            for checker in self.health
-            if getattr(checker, "firstRound", None) is not None
-        ]
+        rounds = [checker.whenReady() for checker in self.health]
         if rounds:
             for listener in self.listeners:
                 listener.pauseAccepting()

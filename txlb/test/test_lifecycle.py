@@ -229,6 +229,46 @@ class StopTests(SynchronousTestCase):
         self.successResultOf(d)
 
 
+class StartTests(SynchronousTestCase):
+    """
+    With health checks, listeners accept only after the first round.
+    """
+
+    def test_acceptAfterFirstRound(self) -> None:
+        """
+        Listeners are bound at start but accept nothing until every pool's
+        first round of checks is over (here: the checks time out).
+        """
+        reactor = MemoryReactorClock()
+        config = fullConfig(
+            pools={"app": {"health_check": {"interval": 1, "timeout": 0.5, "jitter": 0}}}
+        )
+        service = TxlbService(config, reactor, fileLimit=noFileLimit)
+        events: list[str] = []
+        for listener in service.listeners:
+            listener.pauseAccepting = lambda: events.append("pause")
+            listener.resumeAccepting = lambda: events.append("resume")
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(events, ["pause"])
+        reactor.advance(0.4)
+        self.assertEqual(events, ["pause"])
+        reactor.advance(0.2)
+        self.assertEqual(events, ["pause", "resume"])
+
+    def test_noHealthCheckAcceptsAtOnce(self) -> None:
+        """
+        Without health checks nothing is held back.
+        """
+        service = TxlbService(fullConfig(), MemoryReactorClock(), fileLimit=noFileLimit)
+        events: list[str] = []
+        for listener in service.listeners:
+            listener.pauseAccepting = lambda: events.append("pause")
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(events, [])
+
+
 class SignalTests(SynchronousTestCase):
     """
     SIGTERM/SIGINT stop gracefully, a second one cuts; SIGHUP reloads.
