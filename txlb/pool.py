@@ -485,15 +485,16 @@ class Pool:
         longer belong to the pool (what they have in flight finishes).
         """
         new = list(backends)
-        keep = set(map(id, new))
-        for b in self._backends:
-            if id(b) not in keep:
-                b.pool = None
         names = set()
         for b in new:
             if b.name in names:
                 raise ValueError(f"pool {self.name}: duplicate server {b.name}")
             names.add(b.name)
+        keep = set(map(id, new))
+        for b in self._backends:
+            if id(b) not in keep:
+                b.pool = None
+        for b in new:
             b.pool = self
         self._backends = new
         self._membershipChanged()
