@@ -209,7 +209,10 @@ class Options(usage.Options):
                 "port": DEMO_PORT,
                 "layer": "L7",
                 "backend_header": True,
-            }
+            },
+            # The demo backends answer /health: show health checking too.
+            "health_check": {"type": "http", "path": "/health", "interval": 2.0,
+                             "timeout": 1.0},
         }
         return parseConfig(
             document, "<demo>", attrs.evolve(self.overrides, backends=tuple(backends))
