@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 HTTP_LISTENER_KEYS = (
     "max_header_size", "max_target_length", "max_body_size", "keepalive_timeout",
     "trusted_proxies", "forwarded", "forwarded_by", "backend_header", "access_log",
+    "stats",
 )
 L7_POOL_KEYS = ("hash_key", "sticky_cookie", "host_rewrite", "retries", "connection_pool")
 RETRIES_KEYS = ("attempts", "budget", "min_retries", "timeout")
@@ -83,6 +84,7 @@ def readHTTPListener(r: _Reader, layer: str) -> HTTPConfig:
         values["trustedProxies"] = tuple(checked)
     values["forwarded"] = _boolean(r, "forwarded", False)
     values["backendHeader"] = _boolean(r, "backend_header", False)
+    values["stats"] = _boolean(r, "stats", False)
     forwardedBy = r.string("forwarded_by")
     if forwardedBy is not None:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in forwardedBy) or (

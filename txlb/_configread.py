@@ -224,7 +224,7 @@ _ROUTE_KEYS = ("pool", "host", "path_prefix", "headers")
 _TOP_KEYS = (
     "load_balancer", "server", "listeners", "pools", "health_check", "timeouts",
     "retries", "connection_pool", "outlier_detection", "circuit_breaker", "rate_limit",
-    "lifecycle",
+    "lifecycle", "admin",
 )
 
 

@@ -137,6 +137,27 @@ class RateLimitConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """
+    The admin HTTP service: metrics, stats, the management API and the
+    dashboard.
+
+    @ivar endpoint: the Twisted server endpoint string it listens on.
+    @ivar address: the address it listens on (for Host checks and logs).
+    @ivar port: the port it listens on (0: any free one).
+    @ivar token: the bearer token mutating calls need, or C{None} (only
+        allowed on a loopback address).
+    @ivar openReads: whether read-only endpoints answer without the token.
+    """
+
+    endpoint: str
+    address: str = "127.0.0.1"
+    port: int = 9090
+    token: str | None = attrs.field(default=None, repr=False)
+    openReads: bool = True
+
+
+@attrs.frozen
 class LifecycleConfig:
     """
     How txlb stops.
@@ -216,6 +237,7 @@ class HTTPConfig:
     forwardedBy: str | None = None
     backendHeader: bool = False
     accessLog: str | None = None
+    stats: bool = False
 
 
 @attrs.frozen
@@ -295,6 +317,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     pools: tuple[PoolConfig, ...]
     lifecycle: LifecycleConfig = LifecycleConfig()
+    admin: AdminConfig | None = None
 
     def pool(self, name: str) -> PoolConfig:
         """

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from txlb._configadmin import readAdmin
 from txlb._configprotect import readLifecycle
 from txlb._configread import _TOP_KEYS, _Reader, _readFull, _readSimple
 from txlb._configvalues import (
@@ -30,6 +31,7 @@ from txlb._configvalues import (
     HEALTH_CHECK_TYPES,
     LAYERS,
     MAX_WEIGHT,
+    AdminConfig,
     BreakerConfig,
     Config,
     ConfigError,
@@ -55,6 +57,7 @@ __all__ = [
     "HEALTH_CHECK_TYPES",
     "LAYERS",
     "MAX_WEIGHT",
+    "AdminConfig",
     "BreakerConfig",
     "Config",
     "ConfigError",
@@ -216,8 +219,11 @@ def parseConfig(
     else:
         listeners, pools = _readSimple(top, registry)
     lifecycle = readLifecycle(top.sub("lifecycle"))
+    admin = readAdmin(top.sub("admin"))
     top.finish(_TOP_KEYS)
-    return Config(source=source, listeners=listeners, pools=pools, lifecycle=lifecycle)
+    return Config(
+        source=source, listeners=listeners, pools=pools, lifecycle=lifecycle, admin=admin
+    )
 
 
 def _deepCopy(value: Any) -> Any:

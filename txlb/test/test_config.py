@@ -1011,7 +1011,7 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
             [
                 (
                     "bogus = 1\n" + SERVER,
-                    "bogus: unknown key; known keys here: circuit_breaker, "
+                    "bogus: unknown key; known keys here: admin, circuit_breaker, "
                     "connection_pool, health_check, lifecycle, listeners, "
                     "load_balancer, outlier_detection, pools, rate_limit, retries, "
                     "server, timeouts",
@@ -1023,7 +1023,7 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                     "endpoint, forwarded, forwarded_by, hash_key, host_rewrite, "
                     "keepalive_timeout, layer, max_body_size, max_connections, "
                     "max_header_size, max_queue, max_target_length, on_all_down, "
-                    "port, queue_timeout, slow_start, sticky_cookie, "
+                    "port, queue_timeout, slow_start, stats, sticky_cookie, "
                     "trusted_proxies",
                 ),
                 (
@@ -1037,7 +1037,7 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                     "address, backend_header, backlog, endpoint, forwarded, "
                     "forwarded_by, keepalive_timeout, layer, max_body_size, "
                     "max_connections, max_header_size, max_target_length, pool, port, "
-                    "rate_limit, routes, trusted_proxies",
+                    "rate_limit, routes, stats, trusted_proxies",
                 ),
                 (
                     LISTENER + "[pools.app]\nzzz = 1\n" + APP_SERVER,
@@ -1069,14 +1069,14 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_tablesNotYetAvailable(self) -> None:
         """
-        Tables of later features (C{[admin]}) are unknown keys, not silently
-        ignored.
+        Tables of later features (C{[etcd]}) are unknown keys, not
+        silently ignored.
         """
         self.assertErrorTable(
             [
                 (
-                    "[admin]\nport = 9000\n" + SERVER,
-                    "admin: unknown key; known keys here: circuit_breaker, "
+                    "[etcd]\nport = 9000\n" + SERVER,
+                    "etcd: unknown key; known keys here: admin, circuit_breaker, "
                     "connection_pool, health_check, lifecycle, listeners, "
                     "load_balancer, outlier_detection, pools, rate_limit, retries, "
                     "server, timeouts",
