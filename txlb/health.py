@@ -145,9 +145,11 @@ def applyResult(
     if result.ok:
         health.successes += 1
         health.failures = 0
+        health.passed += 1
     else:
         health.failures += 1
         health.successes = 0
+        health.failed += 1
     if state is HealthState.up:
         healthy = health.failures < config.fall
     elif state is HealthState.pending:

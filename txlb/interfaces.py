@@ -33,6 +33,8 @@ How a strategy gets what it needs
     ring) to a usable one.
 """
 
+from typing import Sequence
+
 from zope.interface import Attribute, Interface
 
 
@@ -92,6 +94,22 @@ class IStrategy(Interface):
             L{IBackend} in pool order.  Do not mutate it.
         @param context: an L{IChoiceContext}.
         @return: one element of C{candidates}.
+        """
+
+
+class IChoiceExplainer(Interface):
+    """
+    Optional for strategies: say why a backend was chosen, for the admin
+    API's recent decisions.  Called for a sample of picks only, never on
+    every one.
+    """
+
+    def explain(
+        chosen: IBackend, candidates: Sequence[IBackend], context: IChoiceContext
+    ) -> str | None:
+        """
+        One short sentence on why C{chosen} (e.g. C{"fewest in flight per
+        weight: 2/1"}), or C{None} for the default.
         """
 
 

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from txlb.interfaces import (
     IBackend,
     IChoiceContext,
+    IChoiceExplainer,
     ILatencyObserver,
     IMembershipAware,
     IStrategy,
@@ -71,6 +72,12 @@ class LatencyHistogram:
 # Health-check results kept per backend for the API.
 RESULTS_KEPT = 10
 
+# One pick in this many is recorded with its candidates for the admin API's
+# recent decisions (besides every pick that found nothing or panicked).
+DECISION_SAMPLE = 16
+# Recorded decisions kept per pool.
+DECISIONS_KEPT = 50
+
 # During slow start a backend's effective weight is at least this share of
 # its configured weight (Envoy's default minimum is 10% too).
 SLOW_START_FLOOR = 0.1
@@ -105,6 +112,8 @@ class HealthRecord:
     @ivar successes: consecutive passed checks (0 after a failure).
     @ivar failures: consecutive failed checks (0 after a pass).
     @ivar checked: whether any check has finished.
+    @ivar passed: checks passed, ever.
+    @ivar failed: checks failed, ever.
     """
 
     results: collections.deque[CheckResult] = attrs.field(
@@ -113,6 +122,8 @@ class HealthRecord:
     successes: int = 0
     failures: int = 0
     checked: bool = False
+    passed: int = 0
+    failed: int = 0
 
     @property
     def last(self) -> CheckResult | None:
@@ -422,6 +433,10 @@ class Pool:
     queueTimeout: float | None = 5.0
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
     outlierDetector: Any = None
+    decisions: collections.deque[Decision] = attrs.field(
+        factory=lambda: collections.deque(maxlen=DECISIONS_KEPT), repr=False
+    )
+    _sampleCountdown: int = attrs.field(default=0, init=False, repr=False)
     _waiting: collections.deque[_Waiter] = attrs.field(
         factory=collections.deque, init=False, repr=False
     )
@@ -544,13 +559,16 @@ class Pool:
         @return: the chosen L{Backend}, or C{None} when none is usable.
         """
         candidates = self.candidates(exclude)
+        panicked = False
         if not candidates:
             if self.panic:
                 candidates = self._panicCandidates(exclude)
             if not candidates:
                 self.noBackend += 1
+                self._record(clientAddress, None, (), "no usable backend")
                 return None
             self.panics += 1
+            panicked = True
         context = ChoiceContext(
             clientAddress=clientAddress,
             random=self.random,
@@ -581,7 +599,46 @@ class Pool:
         breaker = chosen.breaker
         if breaker is not None:
             breaker.attempt()
+        self._sampleCountdown -= 1
+        if self._sampleCountdown <= 0 or panicked:
+            self._sampleCountdown = DECISION_SAMPLE
+            self._record(clientAddress, chosen, candidates, self._reason(
+                chosen, candidates, context, panicked
+            ))
         return chosen
+
+    def _reason(
+        self, chosen: Backend, candidates: Sequence[Backend], context: Any, panicked: bool
+    ) -> str:
+        explainer = IChoiceExplainer(self.strategy, None)
+        reason = None
+        if explainer is not None:
+            try:
+                reason = explainer.explain(chosen, candidates, context)
+            except Exception:
+                reason = None
+        if reason is None:
+            reason = f"chosen by {self.algorithm}"
+        if panicked:
+            reason = "panic (no backend usable): " + reason
+        return reason
+
+    def _record(
+        self, clientAddress: Any, chosen: Backend | None,
+        candidates: Sequence[Backend], reason: str,
+    ) -> None:
+        self.decisions.append(
+            Decision(
+                at=self.clock.seconds(),
+                client=getattr(clientAddress, "host", None),
+                chosen=chosen.name if chosen is not None else None,
+                candidates=tuple(
+                    (b.name, b.activeConnections, float(b.weight), b.latency)
+                    for b in candidates
+                ),
+                reason=reason,
+            )
+        )
 
     def _panicCandidates(self, exclude: Iterable[Backend]) -> list[Backend]:
         # Panic only when nothing at all is usable: not when the usable
@@ -681,6 +738,27 @@ class Pool:
                     algorithm=self.algorithm,
                     pool=self.name,
                 )
+
+
+@attrs.frozen
+class Decision:
+    """
+    One routing decision, recorded for the admin API.
+
+    @ivar at: when (reactor seconds).
+    @ivar client: the client's IP address, if known.
+    @ivar chosen: the chosen backend's name, or C{None} when none was.
+    @ivar candidates: C{(name, in flight, effective weight, latency)} of
+        each candidate when the strategy chose.
+    @ivar reason: why this backend (the strategy's explanation, if it
+        gives one).
+    """
+
+    at: float
+    client: str | None
+    chosen: str | None
+    candidates: tuple[tuple[str, int, float, float | None], ...]
+    reason: str
 
 
 @attrs.define(eq=False)

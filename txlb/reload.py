@@ -159,6 +159,11 @@ def applyConfig(service: TxlbService, new: Config) -> str:
             _forgetWhenDrained(service, running.factory)
         running.listener = listener
 
+    if service.admin is not None and new.admin is not None:
+        if not service.admin.reconfigure(new.admin):
+            changes.append("admin address change needs a restart (token and open_reads applied)")
+    elif (service.admin is None) != (new.admin is None):
+        changes.append("adding or removing [admin] needs a restart")
     service.config = new
     return "; ".join(changes) if changes else "no changes"
 

@@ -404,6 +404,12 @@ class TxlbService(MultiService):
             factory = self.buildFactory(listener)
             ListenerService(listener, factory, reactor).setServiceParent(self.listeners)
         self.listeners.setServiceParent(self)
+        self.admin = None
+        if config.admin is not None:
+            from txlb.admin.service import AdminService
+
+            self.admin = AdminService(config.admin, self, reactor)
+            self.admin.setServiceParent(self)
 
     def addHealthChecker(
         self, poolConfig: PoolConfig, pool: Pool | None = None
@@ -694,6 +700,9 @@ class TxlbService(MultiService):
         d = maybeDeferred(self.listeners.stopService)
         d.addBoth(lambda _: self._drain())
         d.addBoth(lambda _: self.health.stopService())
+        if self.admin is not None:
+            admin = self.admin
+            d.addBoth(lambda _: admin.stopService())
         d.addBoth(lambda _: self._closeUpstreams())
         d.addBoth(lambda _: None)
         return d
