@@ -723,11 +723,14 @@ class Pool:
             waiting.popleft()
             waiter.finish(backend)
 
-    def observeLatency(self, backend: Backend, seconds: float) -> None:
+    def observeLatency(self, backend: Backend, seconds: float, ok: bool = True) -> None:
         """
-        Record a successful connect or response that took C{seconds}.
+        Record a completed connect or response that took C{seconds}.
+
+        @param ok: C{False} for an exchange that completed but counts as a
+            failure for passive checks (an L7 5xx response).
         """
-        backend.recordSuccess(seconds)
+        backend.recordSuccess(seconds, ok)
         observer = self._latencyObserver
         if observer is not None:
             try:

@@ -578,7 +578,19 @@ class TxlbService(MultiService):
             listenerName=listener.name,
             accessLog=accessLog,
             rateLimit=self.rateLimiter(listener),
+            localStats=self.localStats if http.stats else None,
         )
+
+    def localStats(self, path: bytes) -> Any:
+        """
+        What an L7 listener with C{stats = true} answers for C{path}
+        (C{/lb-health} or C{/lb-stats}), as the admin service does.
+        """
+        from txlb.admin import views
+
+        if path == b"/lb-health":
+            return views.lbHealth(self)
+        return views.lbStats(self)
 
     def privilegedStartService(self) -> None:
         """

@@ -169,9 +169,18 @@ class _FactoryBase(ServerFactory):
         listenerName: str = "default",
         accessLog: Callable[[dict[str, Any]], None] | None = None,
         rateLimit: Any = None,
+        localStats: Callable[[bytes], Any] | None = None,
     ) -> None:
+        """
+        @param localStats: with a listener's C{stats = true}: called with
+            C{b"/lb-health"} or C{b"/lb-stats"}, returns the JSON-able
+            answer txlb gives itself for that path.
+        """
         self.pools = dict(pools)
         self.rateLimit = rateLimit
+        self.localStats = localStats
+        self.bytesIn = 0
+        self.bytesOut = 0
         self.router = router
         self.reactor = reactor
         self.settings = settings if settings is not None else HTTPSettings()
@@ -215,6 +224,7 @@ class _FactoryBase(ServerFactory):
         self.settings = other.settings
         self.accessLog = other.accessLog
         self.rateLimit = other.rateLimit
+        self.localStats = other.localStats
         self.listenerName = other.listenerName
         self.limit.maximum = other.limit.maximum
 
@@ -320,6 +330,8 @@ class ProxiedRequest:
     retrying: bool = False
     # The pool's queue wait, while the request waits for a backend.
     waiting: Any = None
+    # For a path txlb answers itself (stats = true): that path.
+    local: bytes | None = None
     staleRetried: bool = False
     counted: bool = False
     plan: Any = None

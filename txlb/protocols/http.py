@@ -17,6 +17,7 @@ to a bound, beyond which the client is not read.
 from __future__ import annotations
 
 import collections
+import json
 import math
 from typing import Any
 
@@ -83,6 +84,10 @@ __all__ = [
     "ProxiedRequest",
     "RetryPolicy",
 ]
+
+# Paths a listener with C{stats = true} answers itself.
+_LOCAL_PATHS = frozenset((b"/lb-health", b"/lb-stats"))
+
 
 class HTTPProxyProtocol(Protocol):
     """
@@ -426,6 +431,16 @@ class HTTPProxyProtocol(Protocol):
                     (b"Retry-After: %d" % max(1, math.ceil(wait)),),
                 )
         request.framing = framing
+        if factory.localStats is not None and target in _LOCAL_PATHS and (
+            method == b"GET" or method == b"HEAD"
+        ):
+            request.local = target
+            if not framing.chunked and not framing.contentLength:
+                request.bodyDone = True
+            queue.append(request)
+            if len(queue) == 1:
+                self.dispatch()
+            return
         l7pool = request.l7pool = factory.pools[
             factory.router.route(framing.host, target, request.headers)
         ]
@@ -482,6 +497,9 @@ class HTTPProxyProtocol(Protocol):
         error = request.error
         if error is not None:
             self.answerError(request, error.status, error.reason, True, error.headers)
+            return
+        if request.local is not None:
+            self.answerLocal(request)
             return
         self.tryBackend(request)
 
@@ -764,7 +782,7 @@ class HTTPProxyProtocol(Protocol):
             transport.unregisterProducer()
         backend = exchange.backend
         elapsed = self.factory.reactor.seconds() - exchange.started
-        request.l7pool.pool.observeLatency(backend, elapsed)
+        request.l7pool.pool.observeLatency(backend, elapsed, request.status < 500)
         backend.recordResponse(request.status, elapsed)
         request.exchange = None
         # endAttempt, inline.
@@ -902,6 +920,36 @@ class HTTPProxyProtocol(Protocol):
         self.transport.write(response)
         self.finished(request, close=not keepAlive)
 
+    def answerLocal(self, request: ProxiedRequest) -> None:
+        """
+        Answer a stats path (C{/lb-health}, C{/lb-stats}) from txlb itself,
+        as JSON; the connection stays open when the client keeps it.
+        """
+        factory = self.factory
+        try:
+            body = json.dumps(factory.localStats(request.local), indent=1).encode() + b"\n"
+            status = 200
+        except Exception:
+            self._log.failure("stats for {path} failed", path=request.local)
+            self.answerError(request, 500, "internal error", not request.bodyDone)
+            return
+        keepAlive = (
+            request.bodyDone
+            and request.framing.keepAlive
+            and not self.closing
+            and not factory.stopping
+        )
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\nContent-Length: %d\r\n%s\r\n"
+            % (len(body), b"" if keepAlive else b"Connection: close\r\n")
+        )
+        response = head if request.method == b"HEAD" else head + body
+        request.status = status
+        request.bytesOut += len(response)
+        self.transport.write(response)
+        self.finished(request, close=not keepAlive)
+
     def finished(self, request: ProxiedRequest, close: bool) -> None:
         """
         C{request} is answered: log it, and go on with the next or close.
@@ -922,6 +970,8 @@ class HTTPProxyProtocol(Protocol):
         # logRequest, inline.
         factory = self.factory
         factory.counters["requests"] += 1
+        factory.bytesIn += request.headerSize + request.bodyReceived
+        factory.bytesOut += request.bytesOut
         if factory.accessLog is not None:
             factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
         if close or self.closing:
@@ -952,6 +1002,8 @@ class HTTPProxyProtocol(Protocol):
         """
         factory = self.factory
         factory.counters["requests"] += 1
+        factory.bytesIn += request.headerSize + request.bodyReceived
+        factory.bytesOut += request.bytesOut
         if factory.accessLog is not None:
             factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
 
