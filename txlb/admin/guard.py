@@ -157,6 +157,9 @@ def writeJSON(request: IRequest, value: Any, status: int = 200) -> bytes:
 
 def writeError(request: IRequest, status: int, message: str) -> bytes:
     """
-    A JSON error answer: C{{"error": message}}.
+    A JSON error answer: C{{"error": message}} (with C{WWW-Authenticate}
+    on a 401, as RFC 9110 asks).
     """
+    if status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="txlb admin"')
     return writeJSON(request, {"error": message}, status)
