@@ -31,6 +31,7 @@ from txlb.config import (
 )
 from txlb.service import StartupError, TxlbService
 
+DEMO_ADMIN_PORT = 9090
 DEMO_PORT = 8080
 
 _log = Logger()
@@ -210,6 +211,9 @@ class Options(usage.Options):
                 "layer": "L7",
                 "backend_header": True,
             },
+            # The admin service: dashboard, metrics, API.  With --port 0
+            # (tests, several demos at once) it takes a free port too.
+            "admin": {"port": 0 if self.overrides.port == 0 else DEMO_ADMIN_PORT},
             # The demo backends answer /health: show health checking too.
             "health_check": {"type": "http", "path": "/health", "interval": 2.0,
                              "timeout": 1.0},
@@ -318,7 +322,8 @@ def makeService(options: Options, reactor: Any = None) -> IServiceCollection:
         config = options.demoConfig(demo.addresses)
         _log.info(
             "txlb demo: three backends started; try: curl http://127.0.0.1:{port}/ "
-            "(several times)",
+            "(several times); dashboard and API on the admin port (see 'admin "
+            "listening' below)",
             port=config.listeners[0].endpoint.split("port=")[1].split(":")[0],
         )
     assert config is not None

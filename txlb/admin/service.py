@@ -34,7 +34,7 @@ def buildRoot(txlb: Any, guard: Guard, reactor: Any) -> Resource:
     root = Resource()
     metrics.install(root, txlb, guard)
     api.install(root, txlb, guard, reactor)
-    dashboard.install(root, txlb, guard, reactor)
+    root.events = dashboard.install(root, txlb, guard, reactor)
     return root
 
 
@@ -54,7 +54,8 @@ class AdminService(Service):
         self.config = config
         self.reactor = reactor
         self.guard = Guard(config)
-        self.site = Site(buildRoot(txlb, self.guard, reactor))
+        self.root = buildRoot(txlb, self.guard, reactor)
+        self.site = Site(self.root)
         self.site.noisy = False
         self.site.displayTracebacks = False
         self.port: Any = None
@@ -114,9 +115,12 @@ class AdminService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         """
-        Stop listening.
+        Stop listening and end the dashboard's event streams.
         """
         Service.stopService(self)
+        events = getattr(self.root, "events", None)
+        if events is not None:
+            events.stop()
         port, self.port = self.port, None
         if port is None:
             return None
