@@ -34,6 +34,10 @@ What a reload keeps and changes:
       its kept-alive L7 clients are told C{Connection: close} on their next
       response.  A listener otherwise changed keeps its socket and serves
       new requests (L7) or connections (L4) with the new settings.
+
+How changes made through the admin API meet a reload (servers the API
+added stay unless the file names them; a state set by the API stays; an
+API weight stays until the file's changes) is in L{txlb.admin.control}.
 """
 
 from __future__ import annotations
@@ -250,6 +254,7 @@ def _updatePool(
 
     @return: what changed, for the log.
     """
+    from txlb.admin.control import keepOnReload
     from txlb.service import buildBackend, configurePool
 
     changes = []
@@ -260,10 +265,18 @@ def _updatePool(
     for server in after.servers:
         backend = pool.backend(server.name)
         was = oldServers.get(server.name)
-        if backend is not None and was is not None and was.endpoint == server.endpoint:
-            backend.configuredWeight = server.weight
-            backend.maxConnections = server.maxConnections
-            if (was.weight, was.maxConnections) != (server.weight, server.maxConnections):
+        if backend is not None and backend.endpoint == server.endpoint:
+            # Kept: a server of the old file, or one the API added that the
+            # file now names.  A weight or limit the API set stays unless
+            # the file's changed (see txlb.admin.control).
+            if was is None or was.weight != server.weight:
+                backend.configuredWeight = server.weight
+            if was is None or was.maxConnections != server.maxConnections:
+                backend.maxConnections = server.maxConnections
+            if was is not None and (was.weight, was.maxConnections) != (
+                server.weight,
+                server.maxConnections,
+            ):
                 changes.append(f"server {server.name} of pool {pool.name} changed")
             backends.append(backend)
             continue
@@ -275,6 +288,8 @@ def _updatePool(
             fresh.healthy = False
         backends.append(fresh)
         added.append(fresh)
+    # Servers added by the API that the file does not name stay.
+    backends.extend(keepOnReload(pool, after.servers))
     keptIds = set(map(id, backends))
     removed.extend(b for b in pool.backends if id(b) not in keptIds and b not in removed)
     pool.setBackends(backends)

@@ -16,7 +16,13 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrategy
+from txlb.interfaces import (
+    IBackend,
+    IChoiceContext,
+    IChoiceExplainer,
+    IMembershipAware,
+    IStrategy,
+)
 from txlb.strategies.base import (
     Option,
     StrategyFactory,
@@ -38,7 +44,7 @@ from txlb.strategies.base import (
 _PROBES = 20
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class SourceIPHash:
     """
     The same client address goes to the same backend while the pool's
@@ -104,6 +110,33 @@ class SourceIPHash:
                 value = rehash(value)
         return weightedPick(candidates, value % totalWeight(candidates))
 
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        Whether the key's own slot is C{chosen}'s.
+        """
+        key = affinityKey(context, preferHost=True)
+        if key is None:
+            return "no client address or key: weighted random draw"
+        if not self._slots:
+            return "key hashed over the candidates"
+        position = bisect.bisect_right(self._bounds, stableHash(key) % self._slots)
+        return _owned("slot", self._members[position], chosen)
+
+
+def _owned(where: str, owner: IBackend, chosen: IBackend) -> str:
+    """
+    The reason of a table-driven pick whose key's C{where} (slot, ring point,
+    table entry) belongs to C{owner}.
+    """
+    if owner is chosen:
+        return f"key hash owns this server's {where}"
+    return f"key's {where} belongs to {owner.name}, passed over (unusable or full)"
+
 
 def _buildRing(
     backends: Sequence[IBackend], virtualNodes: int
@@ -129,7 +162,7 @@ def _buildRing(
     return [p[0] for p in placed], [p[2] for p in placed]
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class ConsistentHash:
     """
     A hash ring with virtual nodes: a key goes to the first backend at or
@@ -215,6 +248,25 @@ class ConsistentHash:
         # Reached (with odds below e**-32) when candidates are not members of
         # the pool this strategy was told about: hash over the candidates.
         return weightedPick(candidates, value % totalWeight(candidates))
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        Whether the key's ring point is C{chosen}'s.
+        """
+        key = affinityKey(context, preferHost=False)
+        if key is None:
+            return "no key: random ring point"
+        points = self._points
+        if not points:
+            return "key hashed over the candidates"
+        index = bisect.bisect_left(points, stableHash(key))
+        owner = self._members[self._owners[index % len(points)]]
+        return _owned("ring point", owner, chosen)
 
 
 ipHashingFactory = StrategyFactory(

@@ -8,11 +8,17 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrategy
+from txlb.interfaces import (
+    IBackend,
+    IChoiceContext,
+    IChoiceExplainer,
+    IMembershipAware,
+    IStrategy,
+)
 from txlb.strategies.base import StrategyFactory
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class LeastConnections:
     """
     Pick the candidate with the lowest C{activeConnections / weight}.
@@ -75,6 +81,25 @@ class LeastConnections:
                 bestValue = value
         current[best.name] = bestValue - total
         return best
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        C{chosen}'s load per weight, and whether others had the same.
+        """
+        load = chosen.activeConnections
+        weight = chosen.weight
+        tied = sum(
+            1 for c in candidates if c.activeConnections * weight == load * c.weight
+        )
+        reason = f"fewest in flight per weight ({load}/{weight:g})"
+        if tied > 1:
+            reason += f", rotating among {tied} tied"
+        return reason
 
 
 leastConnectionsFactory = StrategyFactory(

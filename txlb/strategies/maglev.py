@@ -8,7 +8,13 @@ from typing import Any, Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrategy
+from txlb.interfaces import (
+    IBackend,
+    IChoiceContext,
+    IChoiceExplainer,
+    IMembershipAware,
+    IStrategy,
+)
 from txlb.strategies.base import (
     Option,
     StrategyFactory,
@@ -111,7 +117,7 @@ def populate(backends: Sequence[IBackend], size: int) -> list[int]:
                 return table
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class Maglev:
     """
     Look the key's hash up in a Maglev table of C{tableSize} entries.
@@ -173,6 +179,29 @@ class Maglev:
         # No table yet, or (with odds below e**-32) candidates from outside
         # the pool it was told of: hash over the candidates.
         return weightedPick(candidates, value % totalWeight(candidates))
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        Whether the key's Maglev table entry is C{chosen}'s.
+        """
+        key = affinityKey(context, preferHost=False)
+        if key is None:
+            return "no key: random Maglev table entry"
+        table = self._table
+        if not table:
+            return "key hashed over the candidates"
+        owner = self._members[table[stableHash(key) % len(table)]]
+        if owner is chosen:
+            return "Maglev table entry of the key's hash"
+        return (
+            f"key's Maglev table entry belongs to {owner.name}, passed over "
+            "(unusable or full)"
+        )
 
 
 maglevFactory = StrategyFactory(

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IStrategy
+from txlb.interfaces import IBackend, IChoiceContext, IChoiceExplainer, IStrategy
 from txlb.strategies.base import (
     Option,
     StrategyFactory,
@@ -19,7 +19,7 @@ from txlb.strategies.base import (
 )
 
 
-@implementer(IStrategy)
+@implementer(IStrategy, IChoiceExplainer)
 class PowerOfTwoChoices:
     """
     Draw two distinct candidates, keep the one with the lower cost.
@@ -45,6 +45,8 @@ class PowerOfTwoChoices:
 
     def __init__(self, useLatency: bool = True) -> None:
         self.useLatency = useLatency
+        # The two candidates of the last pick, for explain().
+        self._drawn: tuple[IBackend, IBackend] | None = None
 
     def choose(
         self, candidates: Sequence[IBackend], context: IChoiceContext
@@ -74,7 +76,33 @@ class PowerOfTwoChoices:
             if firstLatency is not None and secondLatency is not None:
                 firstCost *= firstLatency
                 secondCost *= secondLatency
+        self._drawn = (first, second)
         return second if secondCost < firstCost else first
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        The two candidates drawn and their loads.
+        """
+        drawn = self._drawn
+        if len(candidates) == 1 or drawn is None or chosen not in drawn:
+            return "only candidate"
+        other = drawn[1] if drawn[0] is chosen else drawn[0]
+        return f"lower cost of two random draws: {_load(chosen)} vs {_load(other)}"
+
+
+def _load(backend: IBackend) -> str:
+    """
+    C{name in-flight/weight}, with the latency when there is one.
+    """
+    text = f"{backend.name} {backend.activeConnections}/{backend.weight:g}"
+    if backend.latency is not None:
+        text += f" @{backend.latency * 1000:.3g} ms"
+    return text
 
 
 powerOfTwoFactory = StrategyFactory(

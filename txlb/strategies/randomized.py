@@ -11,11 +11,11 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IStrategy
+from txlb.interfaces import IBackend, IChoiceContext, IChoiceExplainer, IStrategy
 from txlb.strategies.base import StrategyFactory, drawTicket, totalWeight, weightedPick
 
 
-@implementer(IStrategy)
+@implementer(IStrategy, IChoiceExplainer)
 class WeightedRandom:
     """
     Pick a candidate at random with probability C{weight / sum(weights)}.
@@ -34,6 +34,20 @@ class WeightedRandom:
             return candidates[0]
         return weightedPick(
             candidates, drawTicket(context.random, totalWeight(candidates))
+        )
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        C{chosen} won a draw weighted by its share.
+        """
+        return (
+            f"weighted random draw (weight {chosen.weight:g} of "
+            f"{totalWeight(candidates):g})"
         )
 
 

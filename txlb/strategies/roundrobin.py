@@ -8,11 +8,17 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrategy
+from txlb.interfaces import (
+    IBackend,
+    IChoiceContext,
+    IChoiceExplainer,
+    IMembershipAware,
+    IStrategy,
+)
 from txlb.strategies.base import StrategyFactory
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class RoundRobin:
     """
     Rotate through the candidates in pool order, ignoring weights.
@@ -74,6 +80,17 @@ class RoundRobin:
         self._index = index
         self._last = chosen
         return chosen
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        Where C{chosen} stands in the rotation of the last pick.
+        """
+        return f"next in rotation ({self._index + 1} of {len(candidates)})"
 
     def _afterLast(self, candidates: Sequence[IBackend]) -> int:
         """

@@ -8,8 +8,14 @@ from typing import Sequence
 
 from zope.interface import implementer
 
-from txlb.interfaces import IBackend, IChoiceContext, IMembershipAware, IStrategy
-from txlb.strategies.base import StrategyFactory
+from txlb.interfaces import (
+    IBackend,
+    IChoiceContext,
+    IChoiceExplainer,
+    IMembershipAware,
+    IStrategy,
+)
+from txlb.strategies.base import StrategyFactory, totalWeight
 
 
 def smoothPick(current: dict[str, int], candidates: Sequence[IBackend]) -> IBackend:
@@ -41,7 +47,7 @@ def smoothPick(current: dict[str, int], candidates: Sequence[IBackend]) -> IBack
     return best
 
 
-@implementer(IStrategy, IMembershipAware)
+@implementer(IStrategy, IMembershipAware, IChoiceExplainer)
 class WeightedRoundRobin:
     """
     Smooth weighted round robin over the candidates' effective weights.
@@ -69,6 +75,20 @@ class WeightedRoundRobin:
         The next backend in the smooth weighted rotation.
         """
         return smoothPick(self._current, candidates)
+
+    def explain(
+        self,
+        chosen: IBackend,
+        candidates: Sequence[IBackend],
+        context: IChoiceContext,
+    ) -> str:
+        """
+        C{chosen} had the largest current weight.
+        """
+        return (
+            f"largest current weight (weight {chosen.weight:g} of "
+            f"{totalWeight(candidates):g})"
+        )
 
 
 weightedRoundRobinFactory = StrategyFactory(
