@@ -1,0 +1,1 @@
+An `[admin]` service: Prometheus `/metrics` computed at scrape time with bounded labels, `/lb-health`, `/lb-stats`, `/stats`, `POST /servers`, a REST API under `/api/v1` with an OpenAPI document, a live dashboard over server-sent events, bearer-token auth with Host/Origin checks, and the `txlbctl` command-line client.
