@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txlb import ctl
+from txlb import _ctltables, ctl
 from txlb.admin import views
 from txlb.interfaces import IStrategy
 from txlb.pool import AdminState, Backend, Pool
@@ -957,7 +957,7 @@ class OptionTests(CommandTestCase):
 
 class FormatTableTests(SynchronousTestCase):
     """
-    L{ctl.formatTable} aligns columns.
+    L{_ctltables.formatTable} aligns columns.
     """
 
     def test_align(self) -> None:
@@ -967,7 +967,7 @@ class FormatTableTests(SynchronousTestCase):
         C{-}, booleans C{yes}/C{no}, floats without trailing zeros.
         """
         self.assertEqual(
-            ctl.formatTable(
+            _ctltables.formatTable(
                 ["A", "NUMBER", "C"],
                 [["long text", 1.50, True], ["x", None, False], ["y", 1234, ""]],
                 right=[1],
