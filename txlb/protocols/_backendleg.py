@@ -3,8 +3,10 @@ The backend leg of the layer 4 relay: one connection attempt to one backend,
 and the protocol that holds that backend connection.
 
 L{txlb.protocols.tcp} drives these for each client connection.  This module
-never imports it: a backend leg hands its events (bytes, EOF, loss) to the
-relay object given to L{_BackendProtocol.attach}, which provides L{_Relay}.
+never imports it: a backend leg hands its events (EOF, loss) to the relay
+object given to L{_BackendProtocol.attach}, which provides L{_Relay}, and
+writes the backend's bytes with the client transport's C{write} given with
+it, counting them on the relay.
 
 Also here: the transport helpers both legs use, and how a connect attempt
 fails (its timeout, and which failures are the network's doing).
@@ -16,7 +18,7 @@ import enum
 import typing
 from typing import Any
 
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -31,6 +33,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txlb.pool import Backend
+from txlb.reactor import Client as _HotPathClient
+
+try:
+    from twisted.internet.endpoints import _WrappingProtocol
+except ImportError:  # pragma: no cover - a Twisted without it keeps the wrapper
+    _WrappingProtocol = None
 
 # The most bytes held for one connection while its other side is not there
 # yet.  A transport that honours pauseProducing delivers none; a wrapper (the
@@ -94,6 +102,40 @@ def _abort(transport: Any) -> None:
         abort()
 
 
+# The transports known to look their protocol up anew for every event (a
+# read, a half-close, the loss), so that it can be replaced once connected.
+_PLAIN_TCP_CLIENTS = (_HotPathClient, tcp.Client)
+
+
+def _skipEndpointWrapper(protocol: Protocol) -> None:
+    """
+    Make C{protocol}'s transport hand its events to C{protocol} directly,
+    instead of through the wrapper its endpoint put between them.
+
+    Twisted's client endpoints connect a C{_WrappingProtocol} that passes
+    every event on to the protocol they built.  Once the endpoint has
+    reported the connection the wrapper has nothing left to do, but it still
+    costs a call for every chunk read.  Only a plain TCP client transport
+    (txlb's reactor's or stock Twisted's) whose protocol is exactly that
+    wrapper, around C{protocol}, is changed: such a transport looks its
+    protocol up for each event, and C{protocol} provides every interface the
+    wrapper copied from it.  Any other transport (TLS, a UNIX socket, a test
+    double) keeps its wrapper.
+
+    @param protocol: a protocol its endpoint has reported connected.
+    """
+    transport = protocol.transport
+    if type(transport) not in _PLAIN_TCP_CLIENTS:
+        return
+    wrapper = transport.protocol
+    if (
+        _WrappingProtocol is not None
+        and type(wrapper) is _WrappingProtocol
+        and wrapper._wrappedProtocol is protocol
+    ):
+        transport.protocol = protocol
+
+
 def _timedOut(result: object, timeout: float) -> object:
     """
     Turn the outcome of a connect attempt cancelled by its timeout into an
@@ -108,12 +150,12 @@ class _Relay(typing.Protocol):
     """
     What a backend leg hands its events to once the relay takes it on: the
     client leg of L{txlb.protocols.tcp}.
+
+    @ivar bytesOut: bytes relayed from the backend to the client; the leg
+        writing them (see L{_BackendProtocol.attach}) adds to it.
     """
 
-    def _fromBackend(self, data: bytes) -> None:
-        """
-        Relay backend bytes to the client.
-        """
+    bytesOut: int
 
     def _backendEOF(self) -> None:
         """
@@ -214,7 +256,9 @@ class _BackendProtocol(Protocol):
     Until the relay takes it on (when the endpoint's L{Deferred} fires) it
     holds what arrives, so that nothing reaches the client from a connection
     the relay may still give up; after that it hands every event to the
-    relay.
+    relay, except the bytes: those it writes to the client itself, with the
+    C{write} given to L{attach}, until L{stopForwarding}; then it drops
+    them.
 
     @ivar lost: the reason its connection was lost before the relay took it
         on, else C{None}.
@@ -236,6 +280,7 @@ class _BackendProtocol(Protocol):
     def __init__(self, attempt: _Attempt) -> None:
         self._attempt = attempt
         self._relay: _Relay | None = None
+        self._toClient: typing.Callable[[bytes], object] | None = None
         self._pending: list[bytes] = []
         self._pendingLength = 0
         self.readDone = False
@@ -249,25 +294,49 @@ class _BackendProtocol(Protocol):
         if self._attempt.state is _AttemptState.ended:
             _abort(self.transport)
 
-    def attach(self, relay: _Relay) -> None:
+    def attach(
+        self, relay: _Relay, write: typing.Callable[[bytes], object] | None
+    ) -> None:
         """
         Hand this leg to C{relay}, with what arrived before.
+
+        From now on the bytes the backend sends (those held until now
+        first) are written with C{write} and counted on the relay's
+        C{bytesOut}, until L{stopForwarding}; the other events go to the
+        relay.  Writing here rather than through a method of the relay
+        saves a call for every chunk.
+
+        @param relay: the relay taking this leg on.
+        @param write: the client transport's C{write}, or C{None} to drop
+            the backend's bytes (a relay that only means to close this leg).
         """
         self._relay = relay
+        self._toClient = write
+        _skipEndpointWrapper(self)
         pending, self._pending = self._pending, []
         self._pendingLength = 0
         for data in pending:
-            relay._fromBackend(data)
+            self.dataReceived(data)
         if self.readDone:
             relay._backendEOF()
 
+    def stopForwarding(self) -> None:
+        """
+        Drop the bytes the backend sends from now on: the relay is closing.
+        """
+        self._toClient = None
+
     def dataReceived(self, data: bytes) -> None:
         """
-        Pass backend bytes to the relay, or hold them until it is there.
+        Write backend bytes to the client while the relay lets it; hold them
+        until there is a relay; drop them once it stopped relaying.
         """
-        relay = self._relay
-        if relay is not None:
-            relay._fromBackend(data)
+        toClient = self._toClient
+        if toClient is not None:
+            toClient(data)
+            self._relay.bytesOut += len(data)
+            return
+        if self._relay is not None:
             return
         self._pending.append(data)
         self._pendingLength += len(data)
@@ -302,6 +371,7 @@ class _BackendProtocol(Protocol):
         relay = self._relay
         if relay is not None:
             self._relay = None
+            self._toClient = None
             relay._backendLost(self._attempt, reason)
         else:
             self.lost = reason

@@ -18,7 +18,8 @@ builds a protocol that, in order:
      of letting txlb buffer, and starts reading from the client;
   5. relays bytes and half-closes (a read EOF on one side shuts the write side
      of the other) until both directions are done, one side goes away, or
-     nothing has moved for the idle timeout.
+     nothing has moved for the idle timeout (see L{_ClientProtocol._idleCheck}
+     for how closely it is kept).
 
 Every backend connection attempt is counted on its backend with
 L{Backend.acquire} when it starts and L{Backend.release} exactly once when it
@@ -115,9 +116,14 @@ class _ClientProtocol(Protocol):
     """
     The client leg of a relayed connection, and the state of the whole.
 
+    While relaying, each leg writes the bytes it reads straight to the
+    other's transport and counts them here; nothing on that path reads the
+    clock (see L{_idleCheck}).
+
     @ivar factory: the L{TCPRelayFactory}.
     @ivar bytesIn: bytes relayed from this client to its backend.
-    @ivar bytesOut: bytes relayed from the backend to this client.
+    @ivar bytesOut: bytes relayed from the backend to this client (counted
+        by the backend leg, L{_BackendProtocol}).
     """
 
     _log = Logger()
@@ -128,6 +134,8 @@ class _ClientProtocol(Protocol):
         self._tried: list[Backend] = []
         self._attempt: _Attempt | None = None
         self._backendTransport: Any = None
+        # The backend transport's write while relaying, else None.
+        self._toBackend: Callable[[bytes], object] | None = None
         self._early: list[bytes] = []
         self._earlyLength = 0
         self._clientGone = False
@@ -138,7 +146,7 @@ class _ClientProtocol(Protocol):
         self._clientFeedsBackend = False
         self._backendFeedsClient = False
         self._idleCall: Any = None
-        self._lastActivity = 0.0
+        self._movedAtCheck = 0
         self.bytesIn = 0
         self.bytesOut = 0
 
@@ -169,16 +177,11 @@ class _ClientProtocol(Protocol):
         """
         Relay client bytes to the backend (or hold them while connecting).
         """
-        state = self._state
-        if state is _State.relaying:
-            self._backendTransport.write(data)
-            count = len(data)
-            self.bytesIn += count
-            factory = self.factory
-            factory.bytesIn += count
-            if self._idleCall is not None:
-                self._lastActivity = factory.reactor.seconds()
-        elif state is _State.connecting:
+        toBackend = self._toBackend
+        if toBackend is not None:
+            toBackend(data)
+            self.bytesIn += len(data)
+        elif self._state is _State.connecting:
             self._hold(data)
         # Otherwise the relay is closing: the bytes have nowhere to go.
 
@@ -205,7 +208,7 @@ class _ClientProtocol(Protocol):
         if self._state is _State.shed:
             return
         self._clientGone = True
-        self._state = _State.closing
+        self._closing()
         self._logClosed(reason)
         attempt = self._attempt
         if attempt is not None:
@@ -268,7 +271,7 @@ class _ClientProtocol(Protocol):
         if self._state is not _State.connecting:
             # Only an endpoint whose canceller connects anyway gets here,
             # after the client has gone: close what it made.
-            protocol.attach(self)
+            protocol.attach(self, None)
             protocol.transport.loseConnection()
             return
         factory = self.factory
@@ -292,6 +295,7 @@ class _ClientProtocol(Protocol):
         client = self.transport
         backendTransport = protocol.transport
         self._backendTransport = backendTransport
+        self._toBackend = backendTransport.write
         _setNoDelay(backendTransport)
         # Wire the two transports together as each other's streaming
         # producer: a side that cannot write fast enough pauses reading on
@@ -306,7 +310,7 @@ class _ClientProtocol(Protocol):
             self._earlyLength = 0
             self.dataReceived(early)
         self._startIdleTimer()
-        protocol.attach(self)
+        protocol.attach(self, client.write if self._state is _State.relaying else None)
         if self._state is not _State.relaying:
             return
         if self._clientReadDone:
@@ -353,7 +357,7 @@ class _ClientProtocol(Protocol):
             "listener {listener}: no usable backend for {client} (tried: {tried})",
             **self._fields(tried=", ".join(b.name for b in self._tried) or "none"),
         )
-        self._state = _State.closing
+        self._closing()
         self.transport.loseConnection()
 
     def _hold(self, data: bytes) -> None:
@@ -372,19 +376,16 @@ class _ClientProtocol(Protocol):
 
     # Relaying
 
-    def _fromBackend(self, data: bytes) -> None:
+    def _closing(self) -> None:
         """
-        Relay backend bytes to the client.
+        Enter the closing state: from now on the bytes either leg reads are
+        dropped.
         """
-        if self._state is not _State.relaying:
-            return
-        self.transport.write(data)
-        count = len(data)
-        self.bytesOut += count
-        factory = self.factory
-        factory.bytesOut += count
-        if self._idleCall is not None:
-            self._lastActivity = factory.reactor.seconds()
+        self._state = _State.closing
+        self._toBackend = None
+        attempt = self._attempt
+        if attempt is not None and attempt.protocol is not None:
+            attempt.protocol.stopForwarding()
 
     def _propagateClientEOF(self) -> None:
         """
@@ -428,12 +429,12 @@ class _ClientProtocol(Protocol):
                     backend=attempt.backend.name, reason=reason.getErrorMessage()
                 ),
             )
+        self._closing()
         self._unwire()
         self._backendTransport = None
         attempt.end()
         self._attempt = None
         if not self._clientGone:
-            self._state = _State.closing
             self.transport.loseConnection()
         self._maybeFinished()
 
@@ -455,7 +456,7 @@ class _ClientProtocol(Protocol):
         """
         Both directions are done: close both legs after their buffers.
         """
-        self._state = _State.closing
+        self._closing()
         self._unwire()
         self.transport.loseConnection()
         self._backendTransport.loseConnection()
@@ -466,7 +467,7 @@ class _ClientProtocol(Protocol):
         """
         if self._state in (_State.closed, _State.shed):
             return
-        self._state = _State.closing
+        self._closing()
         attempt = self._attempt
         if attempt is not None:
             if attempt.state is _AttemptState.connecting:
@@ -486,25 +487,28 @@ class _ClientProtocol(Protocol):
         idleTimeout = self.factory.idleTimeout
         if idleTimeout is None:
             return
-        reactor = self.factory.reactor
-        self._lastActivity = reactor.seconds()
-        self._idleCall = reactor.callLater(idleTimeout, self._idleCheck)
+        self._movedAtCheck = self.bytesIn + self.bytesOut
+        self._idleCall = self.factory.reactor.callLater(idleTimeout, self._idleCheck)
 
     def _idleCheck(self) -> None:
         """
-        Abort the connection if nothing moved for the idle timeout, else
-        look again when it would be.
+        Abort the connection if no byte moved either way since the last
+        look, one idle timeout ago; else look again one idle timeout later.
 
-        The timer is re-armed here rather than reset on every read, which
-        keeps the data path to one clock read per chunk.  An abort, not a
+        The data path reads no clock and touches no timer: this compares the
+        byte counts instead.  So a connection is closed after between one
+        and two idle timeouts without traffic: one if it went quiet just
+        before a look, nearly two if just after.  (A connection on which
+        nothing ever moved is closed after exactly one.)  An abort, not a
         graceful close: bytes that could not move for that long would keep
         a graceful close waiting just as long again.
         """
         factory = self.factory
         idleTimeout = factory.idleTimeout
-        remaining = self._lastActivity + idleTimeout - factory.reactor.seconds()
-        if remaining > 1e-6:
-            self._idleCall = factory.reactor.callLater(remaining, self._idleCheck)
+        moved = self.bytesIn + self.bytesOut
+        if moved != self._movedAtCheck:
+            self._movedAtCheck = moved
+            self._idleCall = factory.reactor.callLater(idleTimeout, self._idleCheck)
             return
         self._idleCall = None
         factory.idleTimeouts += 1
@@ -572,7 +576,8 @@ class TCPRelayFactory(ServerFactory):
     @ivar reactor: the reactor used for every timer and connect.
     @ivar connectTimeout: seconds to wait for a backend connection.
     @ivar idleTimeout: seconds without a byte either way after which a
-        connection is closed, or C{None} for no limit.
+        connection is closed (within twice that: see
+        L{_ClientProtocol._idleCheck}), or C{None} for no limit.
     @ivar listenerName: the listener's name, for logs and counters.
     @ivar endpointForBackend: C{(reactor, backend) -> IStreamClientEndpoint}.
     @ivar noBackend: client connections closed because no backend was
@@ -580,8 +585,6 @@ class TCPRelayFactory(ServerFactory):
     @ivar connectFailures: C{{backend name: count}} of failed or timed out
         connect attempts.
     @ivar idleTimeouts: connections closed by the idle timeout.
-    @ivar bytesIn: bytes relayed from clients to backends.
-    @ivar bytesOut: bytes relayed from backends to clients.
     """
 
     noisy = False
@@ -627,8 +630,9 @@ class TCPRelayFactory(ServerFactory):
         self.noBackend = 0
         self.connectFailures: dict[str, int] = {}
         self.idleTimeouts = 0
-        self.bytesIn = 0
-        self.bytesOut = 0
+        # The bytes of finished connections; those of open ones are on them.
+        self._finishedBytesIn = 0
+        self._finishedBytesOut = 0
         self._limit = ConnectionLimit(maxConnections)
         self._relays: set[_ClientProtocol] = set()
 
@@ -643,6 +647,24 @@ class TCPRelayFactory(ServerFactory):
     @maxConnections.setter
     def maxConnections(self, value: int | None) -> None:
         self._limit.maximum = value
+
+    @property
+    def bytesIn(self) -> int:
+        """
+        Bytes relayed from clients to backends.
+
+        Each connection counts its own bytes (one counter on the data path,
+        not two); this adds them up, in time proportional to the connections
+        open.
+        """
+        return self._finishedBytesIn + sum(relay.bytesIn for relay in self._relays)
+
+    @property
+    def bytesOut(self) -> int:
+        """
+        Bytes relayed from backends to clients; see L{bytesIn}.
+        """
+        return self._finishedBytesOut + sum(relay.bytesOut for relay in self._relays)
 
     @property
     def activeCount(self) -> int:
@@ -697,4 +719,6 @@ class TCPRelayFactory(ServerFactory):
         Both legs of C{relay} are gone: free its slot.
         """
         self._relays.discard(relay)
+        self._finishedBytesIn += relay.bytesIn
+        self._finishedBytesOut += relay.bytesOut
         self._limit.release()

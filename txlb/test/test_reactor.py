@@ -24,8 +24,13 @@ from twisted.internet.endpoints import (
     connectProtocol,
     serverFromString,
 )
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionFdescWentAway,
+    ConnectionLost,
+)
 from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTCP,
@@ -525,6 +530,55 @@ class ImmediateWriteTests(SynchronousTestCase):
         self.assertEqual(_readNow(self.peer), b"")
 
 
+class HotPathLayoutTests(SynchronousTestCase):
+    """
+    What keeps the per-chunk functions' attribute reads specialized in
+    CPython.
+    """
+
+    def test_ownCodePerTransportClass(self) -> None:
+        """
+        L{Server} and L{Client} each have their own code object for C{write}
+        and C{doRead}, copies of the shared functions.
+        """
+        for name, shared in [
+            ("write", txlbreactor._write),
+            ("doRead", txlbreactor._doRead),
+        ]:
+            serverFunction = getattr(Server, name)
+            clientFunction = getattr(Client, name)
+            self.assertIsNot(serverFunction.__code__, clientFunction.__code__)
+            for function in (serverFunction, clientFunction):
+                self.assertIsNot(function.__code__, shared.__code__)
+                self.assertEqual(function.__code__.co_code, shared.__code__.co_code)
+                self.assertEqual(function.__name__, shared.__name__)
+                self.assertEqual(function.__defaults__, shared.__defaults__)
+
+    def test_hotAttributesOnInstance(self) -> None:
+        """
+        The class attributes C{write} and C{doRead} read are set on each new
+        transport, with the values the classes give them.
+        """
+        mine, theirs = _loopbackPair(self)
+        transport = Server(
+            mine, Protocol(), ("127.0.0.1", 1), None, 0, MemoryReactorClock()
+        )
+        self.addCleanup(transport.connectionLost, Failure(ConnectionDone()))
+        expected = {
+            "TLS": False,
+            "disconnecting": False,
+            "_writeDisconnecting": False,
+            "_aborting": False,
+            "dataBuffer": b"",
+            "offset": 0,
+            "bufferSize": abstract.FileDescriptor.bufferSize,
+        }
+        self.assertEqual(
+            {name: vars(transport).get(name, "missing") for name in expected},
+            expected,
+        )
+
+
 class _Selectable(abstract.FileDescriptor):
     """
     A readable end of a socket pair, for driving L{HotPathReactor.doPoll}.
@@ -564,6 +618,52 @@ class _Selectable(abstract.FileDescriptor):
             raise RuntimeError("connectionLost failed")
 
 
+class _ScriptedSelectable(_Selectable):
+    """
+    A L{_Selectable} whose C{doRead} does what a test says, and which may
+    report its descriptor gone (C{fileno()} of C{-1}) once registered.
+
+    @ivar lost: the reasons given to C{connectionLost}.
+    @ivar readLost: the reasons given to C{readConnectionLost}.
+    """
+
+    def __init__(self, reactor, sock, name, log, onRead):
+        """
+        @param onRead: called by C{doRead}; its result is C{doRead}'s.
+        """
+        _Selectable.__init__(self, reactor, sock, name, log)
+        self._onRead = onRead
+        self.descriptorGone = False
+        self.lost = []
+        self.readLost = []
+
+    def fileno(self):
+        if self.descriptorGone:
+            return -1
+        return _Selectable.fileno(self)
+
+    def doRead(self):
+        _Selectable.doRead(self)
+        return self._onRead()
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+        _Selectable.connectionLost(self, reason)
+
+
+@implementer(IHalfCloseableDescriptor)
+class _HalfCloseableSelectable(_ScriptedSelectable):
+    """
+    A L{_ScriptedSelectable} that can be told its read side is done.
+    """
+
+    def readConnectionLost(self, reason):
+        self.readLost.append(reason)
+
+    def writeConnectionLost(self, reason):
+        pass
+
+
 class HotPathReactorTests(SynchronousTestCase):
     """
     L{HotPathReactor}'s event dispatch, driven by calling C{doPoll} on a
@@ -589,6 +689,86 @@ class HotPathReactorTests(SynchronousTestCase):
         selectable = _Selectable(self.reactor, mine, name, log, failOnLost)
         self.reactor.addReader(selectable)
         return selectable
+
+    def scripted(self, onRead, kind=_ScriptedSelectable) -> _ScriptedSelectable:
+        """
+        Register a C{kind} over a socket pair with a byte waiting.
+
+        @param onRead: what its C{doRead} does.
+        @return: the selectable.
+        """
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.addCleanup(theirs.close)
+        theirs.send(b"!")
+        selectable = kind(self.reactor, mine, "scripted", [], onRead)
+        self.reactor.addReader(selectable)
+        return selectable
+
+    def test_readErrorLoggedAndDisconnects(self) -> None:
+        """
+        An exception from C{doRead} is logged and disconnects that
+        selectable with the exception as the reason; the other events of
+        the same poll are still dispatched.
+        """
+        log: list[tuple[str, str]] = []
+
+        def broken():
+            raise ZeroDivisionError("broken doRead")
+
+        selectable = self.scripted(broken)
+        self.readablePair("fine", log)
+        self.reactor.doPoll(0)
+        self.assertEqual([name for name, _ in log], ["fine"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        [reason] = selectable.lost
+        self.assertIsInstance(reason.value, ZeroDivisionError)
+        self.assertNotIn(selectable, self.reactor.getReaders())
+
+    def test_readEndOfFileIsHalfClose(self) -> None:
+        """
+        C{doRead} returning L{main.CONNECTION_DONE} on a half-closeable
+        selectable tells it its read side is done, and does not disconnect
+        it.
+        """
+        selectable = self.scripted(
+            lambda: main.CONNECTION_DONE, kind=_HalfCloseableSelectable
+        )
+        self.reactor.doPoll(0)
+        [reason] = selectable.readLost
+        self.assertIsInstance(reason.value, ConnectionDone)
+        self.assertEqual(selectable.lost, [])
+        self.assertNotIn(selectable, self.reactor.getReaders())
+
+    def test_readLostDisconnects(self) -> None:
+        """
+        C{doRead} returning L{main.CONNECTION_LOST} disconnects the
+        selectable with L{ConnectionLost}, half-closeable or not.
+        """
+        selectable = self.scripted(
+            lambda: main.CONNECTION_LOST, kind=_HalfCloseableSelectable
+        )
+        self.reactor.doPoll(0)
+        [reason] = selectable.lost
+        self.assertIsInstance(reason.value, ConnectionLost)
+        self.assertEqual(selectable.readLost, [])
+
+    def test_descriptorGoneDisconnects(self) -> None:
+        """
+        A readable selectable whose C{fileno()} has become C{-1} is not
+        read: it is disconnected with L{ConnectionFdescWentAway}, as a lost
+        connection, not a half-close.
+        """
+        reads = []
+        selectable = self.scripted(
+            lambda: reads.append("read"), kind=_HalfCloseableSelectable
+        )
+        selectable.descriptorGone = True
+        self.reactor.doPoll(0)
+        self.assertEqual(reads, [])
+        [reason] = selectable.lost
+        self.assertIsInstance(reason.value, ConnectionFdescWentAway)
+        self.assertEqual(selectable.readLost, [])
 
     def test_errorEscapingDispatchIsLoggedPerEvent(self) -> None:
         """

@@ -1,9 +1,11 @@
 """
 Tests for L{txlb.protocols.tcp}, the L4 relay, and L{txlb.limits}.
 
-Everything runs in memory on a L{MemoryReactorClock}: client and backend
-legs are L{FakeTCPTransport}s whose events the tests deliver in chosen
-orders, or real protocols pumped over iosim.
+Almost everything runs in memory on a L{MemoryReactorClock}: client and
+backend legs are L{FakeTCPTransport}s whose events the tests deliver in
+chosen orders, or real protocols pumped over iosim.  L{LoopbackRelayTests}
+relays real connections on 127.0.0.1, on txlb's reactor and on Twisted's
+epoll reactor, for what only real TCP transports do.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import itertools
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import CancelledError, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import (
     ConnectionLost,
     ConnectionRefusedError,
@@ -19,10 +22,12 @@ from twisted.internet.error import (
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocolFactory,
+    IReactorTCP,
     ISSLTransport,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.test.reactormixins import ReactorBuilder, needsRunningReactor
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,6 +37,7 @@ from zope.interface.verify import verifyObject
 from txlb.interfaces import ILatencyObserver, IStrategy
 from txlb.limits import ConnectionLimit
 from txlb.pool import AdminState, Backend, Pool
+from txlb.protocols._backendleg import _BackendProtocol
 from txlb.protocols.tcp import EARLY_DATA_LIMIT, TCPRelayFactory, backendEndpoint
 from txlb.test.helpers import (
     CLIENT_ADDRESS,
@@ -433,6 +439,37 @@ class ConnectTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual((client.bytesIn, client.bytesOut), (5, 7))
         self.relay(factory)[2].dataReceived(b"x")
         self.assertEqual((factory.bytesIn, factory.bytesOut), (5, 8))
+
+    def test_listenerCountsKeepFinishedConnections(self) -> None:
+        """
+        The listener's byte counts still include a connection's bytes after
+        it has finished.
+        """
+        factory = self.makeFactory()
+        client, clientTransport, backend, backendTransport = self.relay(factory)
+        client.dataReceived(b"GET /")
+        backend.dataReceived(b"200 OK!")
+        clientTransport.deliverLoss()
+        backendTransport.deliverLoss()
+        self.assertEqual(factory.activeCount, 0)
+        self.relay(factory)[0].dataReceived(b"x")
+        self.assertEqual((factory.bytesIn, factory.bytesOut), (6, 7))
+
+    def test_bytesWhileClosingDropped(self) -> None:
+        """
+        Once the relay is closing, bytes either leg still reads are neither
+        written to the other nor counted.
+        """
+        factory = self.makeFactory()
+        client, clientTransport, backend, backendTransport = self.relay(factory)
+        clientTransport.deliverLoss()
+        self.assertTrue(backendTransport.disconnecting)
+        backend.dataReceived(b"late answer")
+        client.dataReceived(b"late request")
+        self.assertEqual(clientTransport.value(), b"")
+        self.assertEqual(backendTransport.value(), b"")
+        self.assertEqual((client.bytesIn, client.bytesOut), (0, 0))
+        self.assertEqual((factory.bytesIn, factory.bytesOut), (0, 0))
 
     def test_earlyClientBytesForwarded(self) -> None:
         """
@@ -1154,20 +1191,52 @@ class IdleTimeoutTests(RelayTestMixin, SynchronousTestCase):
         backendTransport.deliverLoss()
         self.assertAllReleased(factory)
 
+    def advanceTo(self, when: float) -> None:
+        """
+        Advance the clock to C{when} in half-second steps, so that each
+        timer runs on time (L{MemoryReactorClock.advance} runs a late timer
+        at the time advanced to, and the idle timer re-arms from then).
+        """
+        while self.reactor.seconds() < when:
+            self.reactor.advance(0.5)
+
     def test_trafficEitherWayKeepsAlive(self) -> None:
         """
-        Bytes in either direction restart the idle time.
+        Bytes in either direction keep the connection open: it is closed at
+        the first look (one every C{idleTimeout}) that finds nothing moved
+        since the one before.
         """
         factory = self.makeFactory(idleTimeout=10)
         client, clientTransport, backend, _ = self.relay(factory)
-        self.reactor.advance(6)
+        self.advanceTo(6)
         client.dataReceived(b"x")
-        self.reactor.advance(6)
+        self.advanceTo(12)
         backend.dataReceived(b"y")
-        self.reactor.advance(9)
+        self.advanceTo(29.5)
         self.assertFalse(clientTransport.disconnecting)
-        self.reactor.advance(1)
+        self.advanceTo(30)
         self.assertTrue(clientTransport.disconnected)
+        self.assertEqual(factory.idleTimeouts, 1)
+
+    def test_closedWithinOneToTwoIdleTimeouts(self) -> None:
+        """
+        A connection is closed no sooner than C{idleTimeout} after its last
+        byte, and no later than twice that.
+        """
+        for lastByteAt, closedAt in [(0.5, 20), (9.5, 20), (10.5, 30), (19.5, 30)]:
+            self.setUp()
+            factory = self.makeFactory(idleTimeout=10)
+            client, clientTransport, backend, _ = self.relay(factory)
+            self.advanceTo(0.5)
+            client.dataReceived(b"x")
+            self.advanceTo(lastByteAt)
+            backend.dataReceived(b"y")
+            self.advanceTo(closedAt - 0.5)
+            self.assertFalse(clientTransport.disconnecting, lastByteAt)
+            self.advanceTo(closedAt)
+            self.assertTrue(clientTransport.disconnected, lastByteAt)
+            self.assertGreaterEqual(closedAt - lastByteAt, 10)
+            self.assertLessEqual(closedAt - lastByteAt, 20)
 
     def test_notDuringConnect(self) -> None:
         """
@@ -1379,6 +1448,141 @@ class IOSimTests(RelayTestMixin, SynchronousTestCase):
         self.assertEqual(client.received, b"goodbye")
         self.assertIsNotNone(client.reason)
         self.assertAllReleased(factory)
+
+
+@implementer(IHalfCloseableProtocol)
+class _EchoUntilEOF(Echo):
+    """
+    A backend that echoes, and answers the client's EOF with C{b"bye"} and
+    a close.
+    """
+
+    def readConnectionLost(self) -> None:
+        """
+        Say goodbye and close.
+        """
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nothing to do.
+        """
+
+
+@implementer(IHalfCloseableProtocol)
+class _PingThenEOF(Collector):
+    """
+    A client that sends C{b"ping"}, half-closes once it is echoed, and
+    reads until the end.
+
+    @ivar echoed: fires when the echo is back, before the half-close.
+    @ivar done: fires when the connection is lost.
+    """
+
+    def __init__(self) -> None:
+        Collector.__init__(self)
+        self.echoed: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        """
+        Send the ping.
+        """
+        self.transport.write(b"ping")
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Half-close once the ping is back.
+        """
+        Collector.dataReceived(self, data)
+        if self.received == b"ping":
+            self.echoed.callback(None)
+            self.transport.loseWriteConnection()
+
+    def readConnectionLost(self) -> None:
+        """
+        The relay closed its side: close ours.
+        """
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nothing to do.
+        """
+
+    def connectionLost(self, reason) -> None:
+        """
+        Done.
+        """
+        Collector.connectionLost(self, reason)
+        self.done.callback(None)
+
+
+class LoopbackRelayTestsBuilder(ReactorBuilder):
+    """
+    The relay over real TCP connections on 127.0.0.1.
+    """
+
+    _reactors = [
+        "txlb.reactor.HotPathReactor",
+        "twisted.internet.epollreactor.EPollReactor",
+    ]
+    requiredInterfaces = (IReactorTCP,)
+
+    def test_backendLegReadsWithoutEndpointWrapper(self) -> None:
+        """
+        Once relaying, the backend's TCP transport hands its bytes to the
+        relay's backend leg directly, not through the endpoint's wrapper;
+        bytes, the client's EOF and the backend's close still go through,
+        and are counted.
+        """
+        reactor = self.buildReactor()
+        results = {}
+
+        async def scenario() -> None:
+            backendPort = reactor.listenTCP(
+                0, Factory.forProtocol(_EchoUntilEOF), interface="127.0.0.1"
+            )
+            pool = Pool(
+                name="loop",
+                algorithm="test_round_robin",
+                strategy=RoundRobin(),
+                clock=reactor,
+                backends=[makeBackend("echo", backendPort.getHost().port)],
+            )
+            factory = TCPRelayFactory(pool, reactor, listenerName="loop")
+            relayPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            client = _PingThenEOF()
+            await connectProtocol(
+                HostnameEndpoint(reactor, b"127.0.0.1", relayPort.getHost().port),
+                client,
+            )
+            await client.echoed
+            [relay] = factory._relays
+            results["leg"] = type(relay._backendTransport.protocol)
+            await client.done
+            await factory.drained()
+            results["received"] = client.received
+            results["bytes"] = (factory.bytesIn, factory.bytesOut)
+            await relayPort.stopListening()
+            await backendPort.stopListening()
+
+        def start() -> None:
+            d = Deferred.fromCoroutine(scenario())
+            d.addErrback(results.setdefault, "failure")
+            d.addBoth(lambda _: reactor.stop())
+
+        needsRunningReactor(reactor, start)
+        self.runReactor(reactor, timeout=30)
+        if "failure" in results:
+            results["failure"].raiseException()
+        self.assertIs(results["leg"], _BackendProtocol)
+        self.assertEqual(results["received"], b"pingbye")
+        self.assertEqual(results["bytes"], (4, 7))
+
+
+globals().update(LoopbackRelayTestsBuilder.makeTestCaseClasses())
 
 
 class ConnectionLimitTests(SynchronousTestCase):
