@@ -475,6 +475,7 @@ class TxlbService(MultiService):
                 idleTimeout=timeouts.idle,
                 maxConnections=listener.maxConnections,
                 listenerName=listener.name,
+                rateLimit=self.rateLimiter(listener),
             )
         return self.buildHTTPFactory(listener, config, pools)
 

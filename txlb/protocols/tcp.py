@@ -36,7 +36,7 @@ import enum
 from typing import Any, Callable
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IAddress,
@@ -146,6 +146,8 @@ class _ClientProtocol(Protocol):
         self._clientFeedsBackend = False
         self._backendFeedsClient = False
         self._idleCall: Any = None
+        # The pool's queue wait, while waiting for a backend to free up.
+        self._waiting: Deferred[Backend] | None = None
         self._movedAtCheck = 0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -158,6 +160,17 @@ class _ClientProtocol(Protocol):
         client and start connecting to a backend.
         """
         factory = self.factory
+        rateLimit = factory.rateLimit
+        if rateLimit is not None and rateLimit.take(
+            getattr(self.transport.getPeer(), "host", "")
+        ):
+            self._state = _State.shed
+            factory.rateLimited += 1
+            self._log.debug(
+                "listener {listener}: {client} over its rate limit", **self._fields()
+            )
+            _abort(self.transport)
+            return
         if not factory._limit.acquire():
             self._state = _State.shed
             self._log.debug(
@@ -210,6 +223,9 @@ class _ClientProtocol(Protocol):
         self._clientGone = True
         self._closing()
         self._logClosed(reason)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
         attempt = self._attempt
         if attempt is not None:
             if attempt.state is _AttemptState.connecting:
@@ -239,8 +255,43 @@ class _ClientProtocol(Protocol):
             )
             backend = None
         if backend is None:
+            pool = factory.pool
+            if not self._tried and pool.queueable():
+                waiting = self._waiting = pool.wait(
+                    clientAddress=self.transport.getPeer()
+                )
+                waiting.addCallbacks(self._dequeued, self._queueFailed)
+                return
             self._noBackend()
             return
+        self._connectTo(backend)
+
+    def _dequeued(self, backend: Backend) -> None:
+        """
+        A backend freed up while this connection waited in the queue.
+        """
+        self._waiting = None
+        self._connectTo(backend)
+
+    def _queueFailed(self, reason: Failure) -> None:
+        """
+        The queue was full or the wait timed out: close the client.
+        """
+        self._waiting = None
+        if reason.check(CancelledError):
+            return
+        self._log.warn(
+            "listener {listener}: {client} refused: {why}",
+            **self._fields(why=str(reason.value)),
+        )
+        self._closing()
+        self.transport.loseConnection()
+
+    def _connectTo(self, backend: Backend) -> None:
+        """
+        Connect to C{backend} for this client.
+        """
+        factory = self.factory
         self._tried.append(backend)
         attempt = _Attempt(backend, factory.reactor.seconds())
         self._attempt = attempt
@@ -585,6 +636,9 @@ class TCPRelayFactory(ServerFactory):
     @ivar connectFailures: C{{backend name: count}} of failed or timed out
         connect attempts.
     @ivar idleTimeouts: connections closed by the idle timeout.
+    @ivar rateLimit: the per-client rate limit of new connections, or
+        C{None}.
+    @ivar rateLimited: connections closed at once for being over it.
     """
 
     noisy = False
@@ -601,6 +655,7 @@ class TCPRelayFactory(ServerFactory):
         endpointForBackend: Callable[
             [Any, Backend], IStreamClientEndpoint
         ] = backendEndpoint,
+        rateLimit: Any = None,
     ) -> None:
         """
         @param pool: the L{Pool} to relay to.
@@ -614,6 +669,8 @@ class TCPRelayFactory(ServerFactory):
         @param listenerName: the listener's name in logs.
         @param endpointForBackend: makes the endpoint for a backend; the
             default parses C{backend.endpoint} with C{clientFromString}.
+        @param rateLimit: a L{txlb.ratelimit.TokenBucketTable} of new
+            connections per client address, or C{None}.
         @raise ValueError: a timeout is not positive, or C{maxConnections}
             is negative.
         """
@@ -628,6 +685,8 @@ class TCPRelayFactory(ServerFactory):
         self.listenerName = listenerName
         self.endpointForBackend = endpointForBackend
         self.noBackend = 0
+        self.rateLimit = rateLimit
+        self.rateLimited = 0
         self.connectFailures: dict[str, int] = {}
         self.idleTimeouts = 0
         # The bytes of finished connections; those of open ones are on them.
