@@ -92,6 +92,12 @@ class LifecycleIntegrationTests(TestCase):
         }
         return proc, ports
 
+    def tail(self, proc: procs.WatchedProcess) -> str:
+        """
+        The end of C{proc}'s output, for failure messages.
+        """
+        return "txlb output (end):\n" + proc.output.decode(errors="replace")[-3000:]
+
     def countLines(self, proc: procs.WatchedProcess, pattern: bytes) -> int:
         return len(re.findall(pattern, proc.output))
 
@@ -138,7 +144,7 @@ class LifecycleIntegrationTests(TestCase):
         siteB.dropConnections()
         killed = _reactor().seconds()
         yield self.waitForCount(proc, rb"backend 127\.0\.0\.1:%d of pool default is DOWN" % portB, 1)
-        self.assertLess(_reactor().seconds() - killed, 3.0)
+        self.assertLess(_reactor().seconds() - killed, 3.0, self.tail(proc))
         servedB = len(siteB.requests)
         yield sleep(0.5)
         self.assertEqual(len(siteB.requests), servedB)
@@ -148,9 +154,10 @@ class LifecycleIntegrationTests(TestCase):
         yield sleep(1.0)
         yield load.stop()
         self.assertTrue(
-            [r for r in siteB2.requests if r[1] == b"/"], "b got no traffic back"
+            [r for r in siteB2.requests if r[1] == b"/"],
+            "b got no traffic back\n" + self.tail(proc),
         )
-        self.assertEqual(dict(load.errors), {})
+        self.assertEqual(dict(load.errors), {}, self.tail(proc))
         self.assertGreater(load.answered, 100)
 
     # ---------------------------------------------------------- rate limit
@@ -334,7 +341,7 @@ class LifecycleIntegrationTests(TestCase):
         received = yield client.done
         self.assertTrue(received.startswith(b"HTTP/1.0 200 OK"), received)
         yield load.stop()
-        self.assertEqual(dict(load.errors), {})
+        self.assertEqual(dict(load.errors), {}, self.tail(proc))
         self.assertGreater(load.answered, 1000)
         self.assertEqual(set(load.statuses), {200})
         code = yield proc.stop()
