@@ -563,3 +563,61 @@ class ReloadTests(SynchronousTestCase):
         lines = captureLog(self)
         self.assertFalse(service.reload())
         self.assertIn("SIGHUP: no configuration file to reload", lines)
+
+
+class AdminLifecycleTests(SynchronousTestCase):
+    """
+    The admin service starts, fails and reloads like a listener.
+    """
+
+    def test_portTakenIsStartupError(self) -> None:
+        """
+        An admin port that cannot be bound stops the start with one line.
+        """
+        from txlb.service import StartupError
+
+        reactor = PortTakenReactor({9191})
+        config = fullConfig(top={"admin": {"port": 9191}})
+        service = TxlbService(config, reactor, fileLimit=noFileLimit)
+        e = self.assertRaises(StartupError, service.privilegedStartService)
+        self.assertEqual(
+            str(e),
+            "admin: cannot listen on tcp:port=9191:interface=127.0.0.1:backlog=50: "
+            "address already in use",
+        )
+
+    def test_stopsAfterDrain(self) -> None:
+        """
+        The admin keeps answering while connections drain (operators watch
+        the drain), and stops after.
+        """
+        service = started(fullConfig(top={"admin": {"port": 9191}}))
+        factory = FakeFactory(active=1)
+        service.retired.add(factory)
+        d = service.stopService()
+        self.assertIsNotNone(service.admin.port)
+        factory.finishOne()
+        self.successResultOf(d)
+        self.assertIsNone(service.admin.port)
+
+    def test_reloadAppliesToken(self) -> None:
+        """
+        A reload applies a new token at once; a new admin port is logged as
+        needing a restart and the admin stays where it listens.
+        """
+        token = "0123456789abcdef-new"
+        configs = [
+            fullConfig(top={"admin": {"port": 9191, "token": token}}),
+            fullConfig(top={"admin": {"port": 9292, "token": token}}),
+        ]
+        service = started(
+            fullConfig(top={"admin": {"port": 9191}}), reloader=lambda: configs.pop(0)
+        )
+        lines = captureLog(self)
+        service.reload()
+        self.assertEqual(service.admin.guard.config.token, token)
+        service.reload()
+        self.assertEqual(service.admin.config.port, 9191)
+        self.assertTrue(
+            [x for x in lines if "admin address change needs a restart" in x], lines
+        )
