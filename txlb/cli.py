@@ -13,7 +13,14 @@ import sys
 from typing import Sequence, TextIO
 
 from txlb import __version__
-from txlb.config import Config, ConfigError, Overrides, loadConfig, parseBackends
+from txlb.config import (
+    Config,
+    ConfigError,
+    LifecycleConfig,
+    Overrides,
+    loadConfig,
+    parseBackends,
+)
 
 
 def describe(config: Config) -> list[str]:
@@ -31,6 +38,13 @@ def describe(config: Config) -> list[str]:
                 else ""
             )
         )
+        if listener.rateLimit is not None:
+            rl = listener.rateLimit
+            lines.append(
+                f"  rate limit: {rl.requestsPerSecond:g}/s per client, burst {rl.burst}"
+            )
+        if listener.http.stats:
+            lines.append("  answers /lb-health and /lb-stats itself")
         for route in listener.routes:
             conditions = []
             if route.host:
@@ -56,9 +70,43 @@ def describe(config: Config) -> list[str]:
                 f"{hc.timeout:g}s, rise {hc.rise}, fall {hc.fall}"
                 + (f", path {hc.path}" if hc.type == "http" else "")
             )
+        protection = []
+        if pool.slowStart:
+            protection.append(f"slow start {pool.slowStart:g}s")
+        if pool.maxQueue:
+            timeout = (
+                f"{pool.queueTimeout:g}s" if pool.queueTimeout is not None else "no timeout"
+            )
+            protection.append(f"queue {pool.maxQueue} ({timeout})")
+        if pool.panic:
+            protection.append("panic when all down")
+        if pool.outlier is not None:
+            o = pool.outlier
+            protection.append(
+                f"outlier ejection after {o.consecutiveFailures} failures "
+                f"({o.baseEjectionTime:g}-{o.maxEjectionTime:g}s, at most "
+                f"{o.maxEjectionPercent}%)"
+            )
+        if pool.breaker is not None:
+            b = pool.breaker
+            protection.append(
+                f"circuit breaker at {b.failureRatio:g} of {b.window} "
+                f"(open {b.openTime:g}s)"
+            )
+        if protection:
+            lines.append("  protection: " + ", ".join(protection))
         for s in pool.servers:
             limit = f", max_connections {s.maxConnections}" if s.maxConnections else ""
             lines.append(f"  server {s.name}: {s.endpoint}, weight {s.weight}{limit}")
+    if config.admin is not None:
+        admin = config.admin
+        lines.append(
+            f"admin: {admin.endpoint}, "
+            + ("token required for changes" if admin.token else "no token (loopback only)")
+            + ("" if admin.openReads or not admin.token else ", reads need the token")
+        )
+    if config.lifecycle != LifecycleConfig():
+        lines.append(f"drain on stop: up to {config.lifecycle.drainTimeout:g}s")
     return lines
 
 

@@ -142,6 +142,45 @@ class CheckTests(SynchronousTestCase):
             ),
         )
 
+    def test_protectionAndAdminShown(self) -> None:
+        """
+        Rate limits, pool protection, the admin service and a non-default
+        drain deadline are part of what C{check} prints.
+        """
+        path = writeConfig(
+            self,
+            "[load_balancer]\nlayer = \"L7\"\nstats = true\nslow_start = 10\n"
+            "max_queue = 5\non_all_down = \"panic\"\n"
+            "[rate_limit]\nrequests_per_second = 20\nburst = 40\n"
+            "[outlier_detection]\n[circuit_breaker]\n"
+            "[admin]\nport = 9191\n[lifecycle]\ndrain_timeout = 5\n"
+            "[[server]]\naddress = \"127.0.0.1\"\nport = 3000\n",
+        )
+        status, lines, err = self.runCommand("check", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            lines[2:5],
+            [
+                "  rate limit: 20/s per client, burst 40",
+                "  answers /lb-health and /lb-stats itself",
+                "pool default: round_robin, 1 server, connect timeout 5s",
+            ],
+        )
+        self.assertEqual(
+            lines[5],
+            "  protection: slow start 10s, queue 5 (5s), panic when all down, "
+            "outlier ejection after 5 failures (30-300s, at most 50%), "
+            "circuit breaker at 0.5 of 20 (open 10s)",
+        )
+        self.assertEqual(
+            lines[-2:],
+            [
+                "admin: tcp:port=9191:interface=127.0.0.1:backlog=50, no token "
+                "(loopback only)",
+                "drain on stop: up to 5s",
+            ],
+        )
+
     def test_validFullFile(self) -> None:
         """
         A valid full-form file is reported with every listener, route, pool,
