@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import TYPE_CHECKING
 
 from txlb._configvalues import AdminConfig, serverEndpointString
@@ -13,8 +14,9 @@ from txlb._configvalues import AdminConfig, serverEndpointString
 if TYPE_CHECKING:
     from txlb._configread import _Reader
 
-ADMIN_KEYS = ("address", "port", "token", "token_file", "open_reads")
+ADMIN_KEYS = ("address", "port", "token", "token_file", "open_reads", "allowed_hosts")
 DEFAULT_ADMIN_PORT = 9090
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?$")
 # A bearer token shorter than this is too easy to guess.
 MIN_TOKEN_LENGTH = 16
 
@@ -55,11 +57,18 @@ def readAdmin(r: _Reader | None) -> AdminConfig | None:
     if token is not None:
         if len(token) < MIN_TOKEN_LENGTH:
             raise r.error(where, f"must be at least {MIN_TOKEN_LENGTH} characters")
-        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in token):
-            raise r.error(where, "must be printable, without spaces")
+        if any(not 0x21 <= ord(c) <= 0x7E for c in token):
+            raise r.error(where, "must be printable ASCII, without spaces")
     openReads = r.raw("open_reads", True)
     if not isinstance(openReads, bool):
         raise r.error("open_reads", f"must be true or false, got {openReads!r}")
+    hosts = r.raw("allowed_hosts", [])
+    if not isinstance(hosts, list) or not all(
+        isinstance(h, str) and _HOST_NAME.match(h) for h in hosts
+    ):
+        raise r.error(
+            "allowed_hosts", f"must be an array of host names, got {hosts!r}"
+        )
     r.finish(ADMIN_KEYS)
     if token is None and not ip.is_loopback:
         raise r.error(
@@ -75,4 +84,5 @@ def readAdmin(r: _Reader | None) -> AdminConfig | None:
         port=port,
         token=token,
         openReads=openReads,
+        allowedHosts=tuple(h.lower().rstrip(".") for h in hosts),
     )

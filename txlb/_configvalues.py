@@ -148,6 +148,8 @@ class AdminConfig:
     @ivar token: the bearer token mutating calls need, or C{None} (only
         allowed on a loopback address).
     @ivar openReads: whether read-only endpoints answer without the token.
+    @ivar allowedHosts: DNS names accepted in C{Host} besides the
+        service's own addresses (lowercase).
     """
 
     endpoint: str
@@ -155,6 +157,7 @@ class AdminConfig:
     port: int = 9090
     token: str | None = attrs.field(default=None, repr=False)
     openReads: bool = True
+    allowedHosts: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -201,7 +201,9 @@ Command = Callable[[Client, argparse.Namespace], "tuple[Any, list[str]]"]
 def _list(client: Client, args: argparse.Namespace) -> tuple[Any, list[str]]:
     if args.pool is None:
         answer = client.request("GET", "/api/v1/pools")
-        return answer, renderPools(answer.get("pools", []))
+        return answer, renderPools(
+            answer.get("pools", []) if isinstance(answer, dict) else []
+        )
     answer = client.request("GET", f"/api/v1/pools/{quote(args.pool)}")
     return answer, renderPools([answer])
 
@@ -503,10 +505,28 @@ def findToken(args: argparse.Namespace) -> str | None:
         token = os.environ["TXLB_ADMIN_TOKEN"]
     elif os.environ.get("TXLB_ADMIN_TOKEN_FILE"):
         token = _readToken(os.environ["TXLB_ADMIN_TOKEN_FILE"])
-    if token is not None and not token.isprintable():
-        # It goes in a header line: no line breaks or control characters.
-        raise ValueError("the token holds a line break or control character")
+    if token is not None and not (token.isprintable() and token.isascii()):
+        # It goes in a header line: printable ASCII only (txlb's tokens are).
+        raise ValueError("the token must be printable ASCII")
     return token
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """
+    Refuse redirects: following one would send the token elsewhere.
+    """
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
+def defaultOpener() -> urllib.request.OpenerDirector:
+    """
+    An opener that never uses an HTTP proxy from the environment (it would
+    see the token) and never follows a redirect.
+    """
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
@@ -534,7 +554,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             parser.error(str(e))
     except _Exit as e:
         return e.status
-    client = Client(args.url, token, opener or urllib.request.build_opener())
+    client = Client(args.url, token, opener or defaultOpener())
     try:
         answer, lines = args.run(client, args)
     except APIError as e:

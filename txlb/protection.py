@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txlb._configvalues import BreakerConfig, OutlierConfig
+from txlb.pool import AdminState
 
 if TYPE_CHECKING:
     from txlb.pool import Backend, Pool
@@ -114,6 +115,10 @@ class OutlierDetector:
         C{backend} failed a request for C{reason}; eject it when that makes
         C{consecutiveFailures} in a row.
         """
+        if backend.state is not AdminState.active:
+            # Draining or disabled: it is leaving or out already; ejecting
+            # it would only use up the pool's ejection budget.
+            return
         watch = self._watches.get(backend)
         if watch is None:
             if backend.pool is not self.pool:

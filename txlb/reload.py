@@ -97,7 +97,10 @@ def applyConfig(service: TxlbService, new: Config) -> str:
             except (StrategyLookupError, ValueError) as e:
                 raise StartupError(f"{new.source}: pools.{poolConfig.name}: {e}")
 
-    # ---- prepare: listeners (bind what is new before committing anything)
+    # ---- prepare: listeners (bind what is new before committing anything).
+    # Building factories registers upstream pools, retry budgets and rate
+    # limit tables on the service: put them back as they were on failure.
+    saved = (dict(service.upstreams), dict(service.budgets), dict(service.rateLimits))
     current = {listener.name: listener for listener in service.listeners}
     bound: list[ListenerService] = []
     factories: dict[str, Any] = {}
@@ -107,14 +110,24 @@ def applyConfig(service: TxlbService, new: Config) -> str:
             running = current.get(listener.name)
             if running is not None and not _rebind(running.listener, listener):
                 continue
-            fresh = ListenerService(listener, factories[listener.name], service.reactor)
+            if running is not None and running.listener.layer == listener.layer:
+                # Moved: the same factory (counters, connections, limit)
+                # listens at the new place; it takes the new settings at
+                # commit.
+                factory = running.factory
+            else:
+                factory = factories[listener.name]
+            fresh = ListenerService(listener, factory, service.reactor)
             fresh._listen()
             fresh.pauseAccepting()
             bound.append(fresh)
-    except StartupError:
+    except Exception as e:
         for fresh in bound:
             fresh.stopService()
-        raise
+        service.upstreams, service.budgets, service.rateLimits = saved
+        if isinstance(e, StartupError):
+            raise
+        raise StartupError(f"{new.source}: cannot apply: {e}") from e
 
     # ---- commit: pools
     for name in set(service.pools) - set(pools):
@@ -144,28 +157,40 @@ def applyConfig(service: TxlbService, new: Config) -> str:
         running = current.get(listener.name)
         fresh = freshByName.get(listener.name)
         if fresh is not None:
-            if running is not None:
-                _retire(service, running, drain=running.listener.layer != listener.layer)
+            if running is None:
+                changes.append(f"listener {listener.name} added on {listener.endpoint}")
+            elif running.factory is fresh.factory:
+                # Moved: the old socket stops accepting; its connections
+                # carry on with the same factory.
+                running.disownServiceParent()
+                running.stopService()
+                fresh.factory.reconfigure(factory)
                 changes.append(f"listener {listener.name} moved to {listener.endpoint}")
             else:
-                changes.append(f"listener {listener.name} added on {listener.endpoint}")
+                _retire(service, running, drain=True)
+                changes.append(
+                    f"listener {listener.name} is now {listener.layer} on {listener.endpoint}"
+                )
             fresh.setServiceParent(service.listeners)
             fresh.resumeAccepting()
             continue
         assert running is not None
         if running.listener != listener:
             changes.append(f"listener {listener.name} changed")
-        reconfigure = getattr(running.factory, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(factory)
-        else:
-            service.retired.add(running.swapFactory(factory))
-            _forgetWhenDrained(service, running.factory)
+        # Every protocol factory can take new settings in place: never swap
+        # the factory a port holds (for TLS or PROXY endpoints that is a
+        # wrapper, not txlb's factory).
+        running.factory.reconfigure(factory)
         running.listener = listener
+    for name in set(service.rateLimits) - newNames:
+        del service.rateLimits[name]
 
     if service.admin is not None and new.admin is not None:
         if not service.admin.reconfigure(new.admin):
-            changes.append("admin address change needs a restart (token and open_reads applied)")
+            changes.append(
+                "admin: a new address or port needs a restart; its settings are "
+                "unchanged until then"
+            )
     elif (service.admin is None) != (new.admin is None):
         changes.append("adding or removing [admin] needs a restart")
     service.config = new

@@ -209,9 +209,17 @@ class ListenerService(Service):
             self._listen()
 
     def _listen(self) -> None:
-        endpoint = serverFromString(self.reactor, self.listener.endpoint)
         outcome: list[Any] = []
-        d = endpoint.listen(self.factory)
+        try:
+            endpoint = serverFromString(self.reactor, self.listener.endpoint)
+            d = endpoint.listen(self.factory)
+        except Exception as e:
+            # Not a bind error: e.g. systemd:index=N with no such inherited
+            # descriptor.  Still one line for the operator.
+            raise StartupError(
+                f"listener {self.listener.name}: cannot listen on "
+                f"{self.listener.endpoint}: {e or type(e).__name__}"
+            ) from e
         d.addBoth(outcome.append)
         self._listening = d
         if outcome and isinstance(outcome[0], Failure):
@@ -248,16 +256,6 @@ class ListenerService(Service):
         )
         if IReactorCore.providedBy(self.reactor) and self.reactor.running:
             self.reactor.stop()
-
-    def swapFactory(self, factory: Any) -> Any:
-        """
-        Serve new connections with C{factory} from now on; connections
-        already accepted stay with the old one, which is returned.
-        """
-        old, self.factory = self.factory, factory
-        if self.port is not None and hasattr(self.port, "factory"):
-            self.port.factory = factory
-        return old
 
     def pauseAccepting(self) -> None:
         """
@@ -392,6 +390,7 @@ class TxlbService(MultiService):
         self.rateLimits: dict[str, tuple[Any, TokenBucketTable]] = {}
         self.retired: set[Any] = set()
         self.stopping = False
+        self._stopRequested = False
         self._drainTimer: Any = None
         self.health = MultiService()
         self.health.setName("health")
@@ -595,8 +594,10 @@ class TxlbService(MultiService):
 
     def privilegedStartService(self) -> None:
         """
-        Raise the open-file limit, then bind every listener.
+        Handle SIGHUP, raise the open-file limit, then bind every listener.
         """
+        if self._signals is not None:
+            self.installReloadHandler()
         soft, hard = self._fileLimit()
         if soft < LOW_FD_LIMIT:
             self._log.warn(
@@ -633,10 +634,24 @@ class TxlbService(MultiService):
 
     # ------------------------------------------------------------ signals
 
+    def installReloadHandler(self) -> None:
+        """
+        Handle SIGHUP (reload) from now on.
+
+        Installed before anything listens: the reactor leaves SIGHUP alone,
+        and its default action kills the process, so a SIGHUP sent as soon
+        as the first listener is logged must already find this handler.
+        The reload itself waits for the reactor (C{callFromThread}).
+        """
+        signals = self._signals
+        number = getattr(signals, "SIGHUP", None)
+        if number is not None:
+            signals.signal(number, self._reloadSignal)
+
     def installSignalHandlers(self) -> None:
         """
-        Handle SIGTERM and SIGINT (graceful stop; a second one cuts the
-        drain short) and SIGHUP (reload).
+        Handle SIGTERM and SIGINT: a graceful stop; a second one cuts the
+        drain short.
 
         Called once the reactor runs: the reactor installs its own SIGINT
         and SIGTERM handlers as it starts, replacing any set earlier.
@@ -644,11 +659,16 @@ class TxlbService(MultiService):
         signals = self._signals
         for name in ("SIGTERM", "SIGINT"):
             number = getattr(signals, name, None)
-            if number is not None:
-                signals.signal(number, self._stopSignal)
-        number = getattr(signals, "SIGHUP", None)
-        if number is not None:
-            signals.signal(number, self._reloadSignal)
+            if number is None:
+                continue
+            getsignal = getattr(signals, "getsignal", None)
+            if getsignal is not None and getsignal(number) == getattr(
+                signals, "SIG_IGN", object()
+            ):
+                # Ignored by whoever started txlb (nohup, a shell's &):
+                # keep it so, as the reactor does.
+                continue
+            signals.signal(number, self._stopSignal)
 
     def _stopSignal(self, number: int, frame: Any) -> None:
         # Signal handlers run between two bytecodes of whatever the reactor
@@ -667,7 +687,8 @@ class TxlbService(MultiService):
             name = _signal.Signals(number).name
         except ValueError:
             name = str(number)
-        if not self.stopping and self.running:
+        if not self._stopRequested and not self.stopping and self.running:
+            self._stopRequested = True
             self._log.info("{signal}: stopping gracefully", signal=name)
             self.reactor.stop()
         else:
@@ -792,6 +813,10 @@ class TxlbService(MultiService):
             summary = applyConfig(self, config)
         except StartupError as e:
             self._log.error("reload failed, configuration unchanged: {error}", error=str(e))
+            return False
+        except Exception:
+            # A bug: say so loudly, but keep running what runs.
+            self._log.failure("reload failed while applying {source}", source=config.source)
             return False
         self._log.info("reloaded {source}: {summary}", source=config.source, summary=summary)
         return True

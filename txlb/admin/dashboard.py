@@ -132,6 +132,9 @@ def _loginPage(message: str) -> bytes:
     ).encode("utf-8")
 
 
+# Dashboards streaming at once at most: each costs a snapshot a second.
+MAX_SUBSCRIBERS = 64
+
 class IndexResource(Resource):
     """
     C{GET /}: the dashboard page.
@@ -285,6 +288,9 @@ class EventsResource(Resource):
             checkRead(self.guard, request)
         except Refused as refused:
             return writeError(request, refused.status, refused.message)
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            request.setHeader(b"retry-after", b"5")
+            return writeError(request, 503, "too many dashboards open")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         # Tell a buffering reverse proxy (nginx) to pass events through.
         request.setHeader(b"x-accel-buffering", b"no")
@@ -312,6 +318,9 @@ class EventsResource(Resource):
             checkRead(self.guard, request)
         except Refused as refused:
             return writeError(request, refused.status, refused.message)
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            request.setHeader(b"retry-after", b"5")
+            return writeError(request, 503, "too many dashboards open")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         return b""
 

@@ -22,6 +22,8 @@ from twisted.web.iweb import IRequest
 from txlb.config import AdminConfig
 
 JSON = b"application/json"
+# The largest request body an admin call reads: its JSON is a few fields.
+MAX_BODY = 64 * 1024
 
 
 class Refused(Exception):
@@ -54,6 +56,9 @@ def allowedHost(host: str, config: AdminConfig) -> bool:
     address when it listens on all of them.  A DNS name rebound to
     127.0.0.1 by a hostile page is not among them.
     """
+    host = host.rstrip(".")
+    if host in config.allowedHosts:
+        return True
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -119,12 +124,14 @@ class Guard:
         self.checkHost(request)
         origin = request.getHeader(b"origin")
         if origin is not None:
-            authority = origin.split(b"://", 1)[-1]
-            if origin == b"null" or not allowedHost(_hostOf(authority), self.config):
+            # Same origin only: the page must come from this very service
+            # (scheme, host and port), not from another port of localhost.
+            host = (request.getHeader(b"host") or b"").strip().lower()
+            if origin.strip().lower() != b"http://" + host:
                 raise Refused(403, "cross-origin requests are refused")
         if not self.tokenGiven(request):
             raise Refused(401, "this call needs Authorization: Bearer <token>")
-        if request.method in (b"POST", b"PUT", b"PATCH"):
+        if request.method.upper() in (b"POST", b"PUT", b"PATCH"):
             kind = request.getHeader(b"content-type") or b""
             if kind.split(b";", 1)[0].strip().lower() != JSON:
                 raise Refused(415, "send the body as application/json")
@@ -136,13 +143,17 @@ def readJSON(request: IRequest) -> Any:
 
     @raise Refused: 400 when it is not valid JSON (or not UTF-8).
     """
-    body = request.content.read() if request.content is not None else b""
+    body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(body) > MAX_BODY:
+        raise Refused(413, f"the body is over {MAX_BODY} bytes")
     if not body.strip():
         raise Refused(400, "the body must be a JSON object")
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise Refused(400, f"the body is not valid JSON: {e}")
+    except RecursionError:
+        raise Refused(400, "the body is not valid JSON: nested too deeply")
 
 
 def writeJSON(request: IRequest, value: Any, status: int = 200) -> bytes:

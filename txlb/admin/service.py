@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -96,22 +95,18 @@ class AdminService(Service):
 
     def reconfigure(self, config: AdminConfig) -> bool:
         """
-        Take a reloaded C{[admin]}: the token and C{open_reads} apply at
-        once; a new address or port needs a restart.
+        Take a reloaded C{[admin]}: a new token, C{open_reads} or allowed
+        host names apply at once.  A new address or port needs a restart,
+        and until then nothing of C{config} applies: a token dropped
+        because the new address is loopback must not be dropped while the
+        old, wider one still listens.
 
-        @return: whether everything in C{config} is now in force.
+        @return: whether C{config} is now in force.
         """
-        same = (config.address, config.port) == (self.config.address, self.config.port)
-        if not same:
-            # Still listening where it was: Host checks follow the socket.
-            config = attrs.evolve(
-                config,
-                address=self.config.address,
-                port=self.config.port,
-                endpoint=self.config.endpoint,
-            )
+        if (config.address, config.port) != (self.config.address, self.config.port):
+            return False
         self.config = self.guard.config = config
-        return same
+        return True
 
     def stopService(self) -> Deferred[None] | None:
         """

@@ -243,8 +243,9 @@ def stats(txlb: Any) -> dict[str, Any]:
     Client side: L7 requests answered without an error of txlb's own
     (C{success}) and those refused or answered by txlb with an error
     (C{failed}: shed, rate limited, rejected as malformed, no backend,
-    queue full or timed out, header timeout); L4 connections accepted
-    and shed.  Server side: see L{statsDetail}.
+    queue full or timed out, header timeout); L4 connections relayed
+    (C{success}) and those shed, rate limited or closed for want of a
+    backend (C{failed}).  Server side: see L{statsDetail}.
     """
     clientOk = clientFailed = 0
     for service in txlb.factories():
@@ -260,8 +261,13 @@ def stats(txlb: Any) -> dict[str, Any]:
             clientFailed += failed + service.limit.shed
             clientOk += max(0, counters["requests"] - failed)
         else:
-            clientOk += getattr(service, "accepted", 0)
-            clientFailed += getattr(service, "shed", 0) + getattr(service, "rateLimited", 0)
+            # L4: a connection closed because no backend took it (none
+            # usable, all failed, queue full or timed out) failed too.
+            unserved = getattr(service, "noBackend", 0) + getattr(service, "queueRefused", 0)
+            clientOk += max(0, getattr(service, "accepted", 0) - unserved)
+            clientFailed += (
+                getattr(service, "shed", 0) + getattr(service, "rateLimited", 0) + unserved
+            )
     serverOk = serverFailed = 0
     for _, b in _allBackends(txlb):
         ok, failed = _serverCounts(b)

@@ -280,6 +280,7 @@ class _ClientProtocol(Protocol):
         self._waiting = None
         if reason.check(CancelledError):
             return
+        self.factory.queueRefused += 1
         self._log.warn(
             "listener {listener}: {client} refused: {why}",
             **self._fields(why=str(reason.value)),
@@ -639,6 +640,8 @@ class TCPRelayFactory(ServerFactory):
     @ivar rateLimit: the per-client rate limit of new connections, or
         C{None}.
     @ivar rateLimited: connections closed at once for being over it.
+    @ivar queueRefused: connections closed because the pool's queue was
+        full or their wait in it timed out.
     """
 
     noisy = False
@@ -687,6 +690,7 @@ class TCPRelayFactory(ServerFactory):
         self.noBackend = 0
         self.rateLimit = rateLimit
         self.rateLimited = 0
+        self.queueRefused = 0
         self.connectFailures: dict[str, int] = {}
         self.idleTimeouts = 0
         # The bytes of finished connections; those of open ones are on them.
@@ -746,6 +750,20 @@ class TCPRelayFactory(ServerFactory):
         Client connections closed at once because the listener was full.
         """
         return self._limit.shed
+
+    def reconfigure(self, other: TCPRelayFactory) -> None:
+        """
+        Take the settings of C{other}, a factory built from a reloaded
+        configuration: connections accepted from now on use them.  Open
+        connections, counters and the connection limit's count stay.
+        """
+        self.pool = other.pool
+        self.connectTimeout = other.connectTimeout
+        self.idleTimeout = other.idleTimeout
+        self.listenerName = other.listenerName
+        self.endpointForBackend = other.endpointForBackend
+        self.rateLimit = other.rateLimit
+        self._limit.maximum = other._limit.maximum
 
     def buildProtocol(self, addr: IAddress) -> _ClientProtocol:
         """

@@ -531,3 +531,26 @@ class EventsGuardTests(DashboardCase):
         self.assertEqual(len(byHeader.events()), 1)
         self.assertEqual(len(byQuery.events()), 1)
         self.assertEqual(len(self.events.subscribers), 2)
+
+
+class SubscriberCapTests(DashboardCase):
+    """
+    The number of open event streams is bounded.
+    """
+
+    def test_overCapRefused(self) -> None:
+        """
+        Past L{dashboard.MAX_SUBSCRIBERS} streams a new one gets 503 with
+        Retry-After; one ending makes room.
+        """
+        self.patch(dashboard, "MAX_SUBSCRIBERS", 1)
+        first = self.get(b"/events")
+        second = self.get(b"/events")
+        status, headers, body = second.response()
+        self.assertEqual(status, 503)
+        self.assertEqual(headers[b"retry-after"], b"5")
+        self.assertEqual(len(self.events.subscribers), 1)
+        first.disconnect()
+        third = self.get(b"/events")
+        self.assertEqual(len(self.events.subscribers), 1)
+        third.disconnect()

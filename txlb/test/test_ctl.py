@@ -896,7 +896,7 @@ class OptionTests(CommandTestCase):
         self.assertEqual((status, opener.requests), (2, []))
         self.assertEqual(
             err.splitlines()[-1],
-            "txlbctl: error: the token holds a line break or control character",
+            "txlbctl: error: the token must be printable ASCII",
         )
 
     def test_tokenAndTokenFile(self) -> None:
@@ -947,12 +947,39 @@ class OptionTests(CommandTestCase):
 
     def test_defaultOpener(self) -> None:
         """
-        Without an opener, urllib's default one is used.
+        Without an opener, txlb's default one is used.
         """
         opener = FakeOpener((200, {"pools": []}))
-        self.patch(urllib.request, "build_opener", lambda: opener)
+        self.patch(ctl, "defaultOpener", lambda: opener)
         status = ctl.main(["list"], stdout=StringIO(), stderr=StringIO())
         self.assertEqual((status, len(opener.requests)), (0, 1))
+
+    def test_defaultOpenerIgnoresProxiesAndRedirects(self) -> None:
+        """
+        The default opener sends nothing through a proxy from the
+        environment (the token would go with it) and follows no redirect.
+        """
+        self.patch(os, "environ", {**os.environ, "http_proxy": "http://127.0.0.1:1"})
+        opener = ctl.defaultOpener()
+        # urllib's default ProxyHandler (reading the environment) is left
+        # out; an empty one handles nothing and is not kept.
+        proxies = [h for h in opener.handlers if isinstance(h, urllib.request.ProxyHandler)]
+        self.assertEqual([h.proxies for h in proxies if h.proxies], [])
+        redirect = [
+            h for h in opener.handlers
+            if isinstance(h, urllib.request.HTTPRedirectHandler)
+        ]
+        self.assertEqual(len(redirect), 1)
+        self.assertIsNone(
+            redirect[0].redirect_request(None, None, 302, "Found", {}, "http://evil/")
+        )
+
+    def test_nonASCIIToken(self) -> None:
+        """
+        A token that cannot go in a header is a usage error, not a crash.
+        """
+        status, _, err, opener = self.txlbctl("--token", "tökén-0123456789", "stats")
+        self.assertEqual((status, opener.requests), (2, []))
 
 
 class FormatTableTests(SynchronousTestCase):

@@ -331,6 +331,48 @@ class SignalTests(SynchronousTestCase):
         self.assertIn("SIGINT again: cutting 3 connections now", lines)
 
 
+class SignalEdgeTests(SynchronousTestCase):
+    """
+    Signals at odd times.
+    """
+
+    def test_twoSignalsBeforeShutdownStarts(self) -> None:
+        """
+        Two stop signals handled before the reactor begins its shutdown
+        stop it once (a second C{reactor.stop()} would raise); the second
+        cuts the drain instead.
+        """
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        stops: list[bool] = []
+        reactor.stop = lambda: stops.append(True)
+        service = started(fullConfig(), reactor)
+        factory = FakeFactory(active=1)
+        service.retired.add(factory)
+        service.stopRequested(signal.SIGTERM)
+        service.stopRequested(signal.SIGINT)
+        self.assertEqual(stops, [True])
+        self.assertTrue(factory.aborted)
+
+    def test_ignoredSIGINTStaysIgnored(self) -> None:
+        """
+        A SIGINT ignored by whoever started txlb (nohup, C{&}) stays
+        ignored, as the reactor leaves it.
+        """
+
+        class IgnoringSignals(FakeSignals):
+            SIG_IGN = signal.SIG_IGN
+
+            def getsignal(self, number: int) -> Any:
+                return signal.SIG_IGN if number == signal.SIGINT else signal.SIG_DFL
+
+        signals = IgnoringSignals()
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        started(fullConfig(), reactor, signals=signals)
+        self.assertEqual(set(signals.handlers), {signal.SIGTERM, signal.SIGHUP})
+
+
 class ReloadTests(SynchronousTestCase):
     """
     L{TxlbService.reload} applies a new configuration in place.
@@ -555,6 +597,77 @@ class ReloadTests(SynchronousTestCase):
         service.reload()
         self.assertIs(web.factory.rateLimit, table)
 
+    def test_l4ListenerReconfiguredInPlace(self) -> None:
+        """
+        An L4 listener that stays where it is keeps its factory (and the
+        port's factory, which for TLS or PROXY endpoints is a wrapper) and
+        takes the new settings.
+        """
+        listeners = {"tcp": {"port": 8090, "layer": "L4", "pool": "app"}}
+        service, configs = self.reloading(fullConfig(listeners=listeners))
+        (tcp,) = list(service.listeners)
+        factory = tcp.factory
+        portFactory = object()
+        tcp.port.factory = portFactory
+        configs.append(
+            fullConfig(
+                listeners={"tcp": {"port": 8090, "layer": "L4", "pool": "app",
+                                   "max_connections": 7}}
+            )
+        )
+        service.reload()
+        self.assertIs(tcp.factory, factory)
+        self.assertIs(tcp.port.factory, portFactory)
+        self.assertEqual(factory.maxConnections, 7)
+        self.assertEqual(service.retired, set())
+
+    def test_movedListenerKeepsFactory(self) -> None:
+        """
+        A listener moved to another port keeps its factory, so its counters
+        and open connections carry on; nothing is retired.
+        """
+        service, configs = self.reloading(fullConfig())
+        (web,) = list(service.listeners)
+        factory = web.factory
+        configs.append(
+            fullConfig(listeners={"web": {"port": 8081, "layer": "L7", "pool": "app"}})
+        )
+        service.reload()
+        (moved,) = list(service.listeners)
+        self.assertIs(moved.factory, factory)
+        self.assertFalse(factory.stopping)
+        self.assertEqual(service.retired, set())
+
+    def test_unexpectedErrorChangesNothing(self) -> None:
+        """
+        An endpoint that fails with something other than a bind error (an
+        inherited descriptor that is not there) refuses the reload whole:
+        what was bound for it is closed again, and nothing registered for
+        it stays.
+        """
+        reactor = MemoryReactorClock()
+        first = fullConfig()
+        service, configs = self.reloading(first, reactor)
+        upstreams = dict(service.upstreams)
+        configs.append(
+            fullConfig(
+                {"app": [3000], "other": [4000]},
+                listeners={
+                    "web": {"port": 8080, "layer": "L7", "pool": "app"},
+                    "new": {"port": 8085, "layer": "L7", "pool": "other"},
+                    "sd": {"endpoint": "systemd:domain=INET:index=7", "pool": "app"},
+                },
+            )
+        )
+        lines = captureLog(self)
+        self.assertFalse(service.reload())
+        self.assertIs(service.config, first)
+        self.assertEqual(service.upstreams, upstreams)
+        self.assertNotIn("other", service.budgets)
+        newPorts = [p for p in reactor.tcpServers if p[0] == 8085]
+        self.assertEqual(len(newPorts), 1)
+        self.assertTrue([x for x in lines if x.startswith("reload failed")], lines)
+
     def test_noReloader(self) -> None:
         """
         Without a file to re-read (the demo), SIGHUP only says so.
@@ -619,5 +732,21 @@ class AdminLifecycleTests(SynchronousTestCase):
         service.reload()
         self.assertEqual(service.admin.config.port, 9191)
         self.assertTrue(
-            [x for x in lines if "admin address change needs a restart" in x], lines
+            [x for x in lines if "admin: a new address or port needs a restart" in x],
+            lines,
         )
+
+    def test_widerAddressKeepsToken(self) -> None:
+        """
+        A reload that moves the admin to loopback and drops its token
+        changes nothing until a restart: the admin still listens on the
+        wider address, so it must keep its token.
+        """
+        token = "0123456789abcdef-old"
+        first = fullConfig(top={"admin": {"address": "0.0.0.0", "port": 9191,
+                                          "token": token}})
+        second = fullConfig(top={"admin": {"address": "127.0.0.1", "port": 9191}})
+        service = started(first, reloader=lambda: second)
+        service.reload()
+        self.assertEqual(service.admin.guard.config.token, token)
+        self.assertEqual(service.admin.guard.config.address, "0.0.0.0")
