@@ -354,6 +354,23 @@ class SignalEdgeTests(SynchronousTestCase):
         self.assertEqual(stops, [True])
         self.assertTrue(factory.aborted)
 
+    def test_reloadHandlerBeforeBinding(self) -> None:
+        """
+        SIGHUP is handled from before the first listener binds (its default
+        action would kill the process), without waiting for the reactor to
+        run; SIGTERM and SIGINT wait for it (it replaces earlier handlers).
+        """
+        signals = FakeSignals()
+        reactor = MemoryReactorClock()
+        service = TxlbService(fullConfig(), reactor, fileLimit=noFileLimit,
+                              signals=signals)
+        seen = []
+        reactor.listenTCP = lambda *a, **kw: seen.append(set(signals.handlers)) or (
+            MemoryReactorClock.listenTCP(reactor, *a, **kw)
+        )
+        service.privilegedStartService()
+        self.assertEqual(seen, [{signal.SIGHUP}])
+
     def test_ignoredSIGINTStaysIgnored(self) -> None:
         """
         A SIGINT ignored by whoever started txlb (nohup, C{&}) stays
