@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 import random as _random
+from bisect import bisect_left
 from typing import Any, Iterable, Sequence
 
 import attrs
@@ -36,6 +37,7 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     float("inf"),
 )
+_LAST_BOUND = LATENCY_BUCKETS[-1]
 
 
 @attrs.define(eq=False)
@@ -56,10 +58,9 @@ class LatencyHistogram:
         Count one observation.
         """
         self.total += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.counts[i] += 1
-                return
+        if seconds <= LATENCY_BUCKETS[-1]:
+            # The first bucket whose bound is not below it, found in C.
+            self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     @property
     def count(self) -> int:
@@ -201,25 +202,81 @@ class Backend:
     port: int | None
     endpoint: str
     configuredWeight: int = 1
-    maxConnections: int | None = None
+    # What decides whether the backend is usable is kept behind properties
+    # (below), whose setters tell the pool: it caches its usable backends.
+    _maxConnections: int | None = attrs.field(default=None, alias="maxConnections")
     activeConnections: int = 0
     totalConnections: int = 0
     failures: int = 0
     consecutiveFailures: int = 0
     lastFailureReason: str | None = None
     latency: float | None = None
-    healthy: bool = True
+    _healthy: bool = attrs.field(default=True, alias="healthy")
     health: HealthRecord = attrs.field(factory=HealthRecord)
-    state: AdminState = AdminState.active
+    _state: AdminState = attrs.field(default=AdminState.active, alias="state")
     responses: list[int] = attrs.field(factory=lambda: [0] * 6)
     responseTimes: LatencyHistogram = attrs.field(factory=LatencyHistogram)
-    ejected: bool = False
-    breaker: Any = None
+    _ejected: bool = attrs.field(default=False, alias="ejected")
+    _breaker: Any = attrs.field(default=None, alias="breaker")
     passive: Any = None
     slowStart: float = 0.0
     rampOnUp: bool = False
     pool: Pool | None = attrs.field(default=None, repr=False)
     _rampStart: float | None = attrs.field(default=None, init=False, repr=False)
+
+    def _availabilityChanged(self) -> None:
+        """
+        Something L{usable} depends on changed: the pool's cache of usable
+        backends is stale.
+        """
+        pool = self.pool
+        if pool is not None:
+            pool._usable = None
+
+    @property
+    def maxConnections(self) -> int | None:
+        return self._maxConnections
+
+    @maxConnections.setter
+    def maxConnections(self, value: int | None) -> None:
+        self._maxConnections = value
+        self._availabilityChanged()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._healthy = value
+        self._availabilityChanged()
+
+    @property
+    def state(self) -> AdminState:
+        return self._state
+
+    @state.setter
+    def state(self, value: AdminState) -> None:
+        self._state = value
+        self._availabilityChanged()
+
+    @property
+    def ejected(self) -> bool:
+        return self._ejected
+
+    @ejected.setter
+    def ejected(self, value: bool) -> None:
+        self._ejected = value
+        self._availabilityChanged()
+
+    @property
+    def breaker(self) -> Any:
+        return self._breaker
+
+    @breaker.setter
+    def breaker(self, value: Any) -> None:
+        self._breaker = value
+        self._availabilityChanged()
 
     def recordResponse(self, status: int, seconds: float) -> None:
         """
@@ -290,8 +347,8 @@ class Backend:
         C{True} when at C{maxConnections}.
         """
         return (
-            self.maxConnections is not None
-            and self.activeConnections >= self.maxConnections
+            self._maxConnections is not None
+            and self.activeConnections >= self._maxConnections
         )
 
     @property
@@ -300,11 +357,11 @@ class Backend:
         C{True} when this backend may take a new connection now.
         """
         return (
-            self.healthy
-            and self.state is AdminState.active
-            and not self.ejected
+            self._healthy
+            and self._state is AdminState.active
+            and not self._ejected
             and not self.full
-            and (self.breaker is None or self.breaker.allows())
+            and (self._breaker is None or self._breaker.allows())
         )
 
     @property
@@ -350,7 +407,7 @@ class Backend:
             self._passiveFailure("5xx response")
             return
         self.consecutiveFailures = 0
-        breaker = self.breaker
+        breaker = self._breaker
         if breaker is not None:
             breaker.succeeded()
         passive = self.passive
@@ -376,17 +433,37 @@ class Backend:
 
 
 @implementer(IChoiceContext)
-@attrs.frozen
 class ChoiceContext:
     """
-    The L{IChoiceContext} handed to L{IStrategy.choose}.
+    The L{IChoiceContext} handed to L{IStrategy.choose}: one per pick, not
+    to be changed.
+
+    A plain slotted class rather than a frozen attrs one: one is made for
+    every request, and a frozen class's constructor costs four times as
+    much.
     """
 
-    clientAddress: Any
-    random: _random.Random
-    clock: IReactorTime
-    request: Any = None
-    hashKey: bytes | None = None
+    __slots__ = ("clientAddress", "random", "clock", "request", "hashKey")
+
+    def __init__(
+        self,
+        clientAddress: Any,
+        random: _random.Random,
+        clock: IReactorTime,
+        request: Any = None,
+        hashKey: bytes | None = None,
+    ) -> None:
+        self.clientAddress = clientAddress
+        self.random = random
+        self.clock = clock
+        self.request = request
+        self.hashKey = hashKey
+
+    def __repr__(self) -> str:
+        return (
+            f"ChoiceContext(clientAddress={self.clientAddress!r}, "
+            f"request={self.request!r}, hashKey={self.hashKey!r})"
+        )
 
     @property
     def clientHost(self) -> str | None:
@@ -442,6 +519,16 @@ class Pool:
     )
     _observerFor: Any = attrs.field(default=None, init=False, repr=False)
     _observer: Any = attrs.field(default=None, init=False, repr=False)
+    _explainerFor: Any = attrs.field(default=None, init=False, repr=False)
+    _explainer: Any = attrs.field(default=None, init=False, repr=False)
+    # The usable backends, kept between picks while nothing they depend on
+    # changes without telling (the setters of Backend's health, state,
+    # ejection, limit and breaker, and membership changes, reset it): None
+    # when stale, and always None while some backend has a connection limit
+    # or a breaker, whose answers change with every request.
+    _usable: tuple[Backend, ...] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     _log = Logger()
 
@@ -533,7 +620,17 @@ class Pool:
             self._observer = ILatencyObserver(strategy, None)
         return self._observer
 
+    @property
+    def _choiceExplainer(self) -> IChoiceExplainer | None:
+        # As for _latencyObserver.
+        strategy = self.strategy
+        if self._explainerFor is not strategy:
+            self._explainerFor = strategy
+            self._explainer = IChoiceExplainer(strategy, None)
+        return self._explainer
+
     def _membershipChanged(self) -> None:
+        self._usable = None
         aware = IMembershipAware(self.strategy, None)
         if aware is not None:
             aware.membershipChanged(tuple(self._backends))
@@ -544,6 +641,22 @@ class Pool:
         """
         excluded = set(map(id, exclude))
         return [b for b in self._backends if b.usable and id(b) not in excluded]
+
+    def _usableNow(self) -> tuple[Backend, ...]:
+        """
+        The usable backends, from the cache when it is valid; refill it when
+        it may be kept.
+        """
+        usable = self._usable
+        if usable is not None:
+            return usable
+        backends = self._backends
+        usable = tuple(b for b in backends if b.usable)
+        for b in backends:
+            if b._maxConnections is not None or b._breaker is not None:
+                return usable
+        self._usable = usable
+        return usable
 
     def pick(
         self,
@@ -558,7 +671,13 @@ class Pool:
         @param exclude: backends already tried for this connection.
         @return: the chosen L{Backend}, or C{None} when none is usable.
         """
-        candidates = self.candidates(exclude)
+        candidates: Sequence[Backend]
+        if exclude:
+            candidates = self.candidates(exclude)
+        else:
+            candidates = self._usable
+            if candidates is None:
+                candidates = self._usableNow()
         panicked = False
         if not candidates:
             if self.panic:
@@ -569,13 +688,7 @@ class Pool:
                 return None
             self.panics += 1
             panicked = True
-        context = ChoiceContext(
-            clientAddress=clientAddress,
-            random=self.random,
-            clock=self.clock,
-            request=request,
-            hashKey=hashKey,
-        )
+        context = ChoiceContext(clientAddress, self.random, self.clock, request, hashKey)
         try:
             chosen = self.strategy.choose(candidates, context)
         except Exception:
@@ -596,7 +709,7 @@ class Pool:
                 chosen=chosen,
             )
             chosen = candidates[0]
-        breaker = chosen.breaker
+        breaker = chosen._breaker
         if breaker is not None:
             breaker.attempt()
         self._sampleCountdown -= 1
@@ -610,7 +723,7 @@ class Pool:
     def _reason(
         self, chosen: Backend, candidates: Sequence[Backend], context: Any, panicked: bool
     ) -> str:
-        explainer = IChoiceExplainer(self.strategy, None)
+        explainer = self._choiceExplainer
         reason = None
         if explainer is not None:
             try:
@@ -722,6 +835,44 @@ class Pool:
                 return
             waiting.popleft()
             waiter.finish(backend)
+
+    def observeResponse(self, backend: Backend, status: int, seconds: float) -> None:
+        """
+        An L7 response from C{backend} with C{status} finished after
+        C{seconds}: L{Backend.recordResponse}, then L{observeLatency} (a 5xx
+        counts as a failure for passive checks), in one call.
+        """
+        # Backend.recordResponse and LatencyHistogram.observe, inline: this
+        # runs for every response.
+        backend.responses[status // 100 if status < 600 else 5] += 1
+        times = backend.responseTimes
+        times.total += seconds
+        if seconds <= _LAST_BOUND:
+            times.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        if status < 500 and backend._breaker is None and backend.passive is None:
+            # backend.recordSuccess(seconds), inline for a backend with no
+            # breaker and no outlier detection.
+            latency = backend.latency
+            backend.latency = (
+                seconds if latency is None else latency + LATENCY_ALPHA * (seconds - latency)
+            )
+            backend.consecutiveFailures = 0
+        else:
+            backend.recordSuccess(seconds, status < 500)
+        strategy = self.strategy
+        if self._observerFor is not strategy:
+            self._observerFor = strategy
+            self._observer = ILatencyObserver(strategy, None)
+        observer = self._observer
+        if observer is not None:
+            try:
+                observer.latencyObserved(backend, seconds)
+            except Exception:
+                self._log.failure(
+                    "strategy {algorithm} of pool {pool} failed to observe latency",
+                    algorithm=self.algorithm,
+                    pool=self.name,
+                )
 
     def observeLatency(self, backend: Backend, seconds: float, ok: bool = True) -> None:
         """

@@ -9,7 +9,6 @@ Everything public here is importable from L{txlb.protocols.http}.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import os
@@ -25,7 +24,14 @@ from zope.interface import implementer
 from txlb.limits import ConnectionLimit, RetryBudget
 from txlb.pool import Backend, Pool
 from txlb.protocols.framing import _validHost
-from txlb.protocols.headers import ForwardingPolicy, RequestFraming, ResponseFraming
+from txlb.protocols.headers import (
+    ForwardingPolicy,
+    RequestFraming,
+    ResponseFraming,
+    ResponsePlan,
+    forwardResponseHeaders,
+    planResponse,
+)
 from txlb.protocols.upstream import UpstreamConnection, UpstreamPool
 from txlb.routing import Router
 
@@ -63,6 +69,12 @@ _REASONS = {
 }
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Client heads an L7Pool remembers (see L7Pool.clientHead).
+_MAX_CLIENT_HEADS = 256
+
+# Whole request heads a listener remembers (see _FactoryBase.rememberRequest).
+_MAX_KNOWN_REQUESTS = 256
 
 
 
@@ -126,6 +138,43 @@ class L7Pool:
     hashKey: tuple[str, bytes | None] | None = None
     stickyCookie: bytes | None = None
     _stickyTokens: dict[str, bytes] = attrs.field(factory=dict)
+    # What clientHead made, by the identity of the headers and what else
+    # decides it; each value keeps its headers alive, so no other object
+    # can take their id while it is there.
+    _clientHeads: dict[tuple[Any, ...], tuple[Any, Any, bytes]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+
+    def clientHead(
+        self,
+        backend: Backend,
+        status: int,
+        reason: bytes,
+        headers: tuple[tuple[bytes, bytes], ...],
+        framing: ResponseFraming,
+        keepAlive: bool,
+        version: tuple[int, int],
+    ) -> tuple[ResponsePlan, bytes]:
+        """
+        The plan and the head txlb sends its client for a backend's
+        response head that the response reader remembers (C{headers} is
+        then the same tuple each time the same head arrives), without the
+        sticky-session cookie.
+
+        @return: what L{planResponse} gives, and the serialized head.
+        """
+        key = (id(headers), keepAlive, version, backend)
+        made = self._clientHeads.get(key)
+        if made is not None and made[0] is headers:
+            return made[1], made[2]
+        plan = planResponse(framing, keepAlive, version)
+        head = _statusHead(status, reason, forwardResponseHeaders(
+            headers, framing, self.policy, backend.name, keepAlive, version, plan,
+        ))
+        if len(self._clientHeads) >= _MAX_CLIENT_HEADS:
+            self._clientHeads.clear()
+        self._clientHeads[key] = (headers, plan, head)
+        return plan, head
 
     def stickyToken(self, backend: Backend) -> bytes:
         """
@@ -150,6 +199,18 @@ class L7Pool:
             if backend.usable and self.stickyToken(backend) == token:
                 return backend
         return None
+
+
+class _Counts(dict[str, int]):
+    """
+    Counts by name, 0 for a name never counted, like a
+    C{collections.Counter}: that class defines C{__delitem__} in Python,
+    which makes every C{counts[name] += 1} three times as slow, and one
+    runs for every request.
+    """
+
+    def __missing__(self, key: str) -> int:
+        return 0
 
 
 class _FactoryBase(ServerFactory):
@@ -189,9 +250,37 @@ class _FactoryBase(ServerFactory):
         self.accessLog = accessLog
         self.stopping = False
         self.openConnections: set[HTTPProxyProtocol] = set()
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: dict[str, int] = _Counts()
         self._ids = itertools.count(1)
         self._idPrefix = os.urandom(6).hex().encode("ascii")
+        self.knownRequests: dict[bytes, _KnownRequest] = {}
+
+    def rememberRequest(self, data: bytes, request: ProxiedRequest) -> None:
+        """
+        C{request}, routed and without a body, was parsed from C{data}, one
+        whole read that started at a message boundary and held nothing
+        else: remember it, if it is plain enough that the same bytes will
+        always be the same request (an HTTP/1.1 keep-alive request that
+        asks for nothing special of the connection).
+        """
+        framing = request.framing
+        if (
+            request.version != (1, 1)
+            or framing is None
+            or not framing.keepAlive
+            or framing.upgrade is not None
+            or framing.expectContinue
+            or framing.chunked
+            or framing.contentLength is not None
+            or b"upgrade" in framing.connectionTokens
+            or request.l7pool is None
+        ):
+            return
+        known = self.knownRequests
+        if len(known) >= _MAX_KNOWN_REQUESTS:
+            known.clear()
+        headers = tuple(request.headers)
+        known[data] = _KnownRequest(self, request, headers)
 
     def newRequestId(self) -> bytes:
         """
@@ -227,6 +316,7 @@ class _FactoryBase(ServerFactory):
         self.localStats = other.localStats
         self.listenerName = other.listenerName
         self.limit.maximum = other.limit.maximum
+        self.knownRequests.clear()
 
     def startDraining(self) -> None:
         """
@@ -268,6 +358,37 @@ class _FactoryBase(ServerFactory):
         return hops[0] if hops else peer
 
 
+class _KnownRequest:
+    """
+    What one whole request head, read before, was parsed, checked and
+    routed to: the same bytes at a message boundary are the same request
+    again, for as long as the listener's settings, routes and pools stay.
+
+    @ivar headers: the header lines, as a tuple that every request made
+        from this one shares.
+    """
+
+    __slots__ = (
+        "method", "target", "headers", "framing", "headerSize", "l7pool",
+        "settings", "router", "pools", "localStats",
+    )
+
+    def __init__(self, factory: _FactoryBase, request: ProxiedRequest,
+                 headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.method = request.method
+        self.target = request.target
+        self.headers = headers
+        self.framing = request.framing
+        self.headerSize = request.headerSize
+        self.l7pool = request.l7pool
+        # What it was parsed and routed with: it stands only while the
+        # listener's are still these.
+        self.settings = factory.settings
+        self.router = factory.router
+        self.pools = factory.pools
+        self.localStats = factory.localStats
+
+
 class _Closing(Exception):
     """
     Raised inside a parser callback to stop parsing once txlb is closing.
@@ -292,52 +413,64 @@ class _Reject(Exception):
         self.headers = headers
 
 
-@attrs.define(eq=False)
 class ProxiedRequest:
     """
     One request on its way through txlb; the C{request} a strategy sees in
     its context.
 
+    Its defaults are class attributes, and a request sets only what differs
+    from them: txlb makes one per request, and making an attrs class of
+    this many fields (a few of them fresh containers) costs several times
+    as much.
+
     @ivar method: e.g. C{b"GET"}.
     @ivar target: the origin-form target (path and query).
     @ivar version: e.g. C{(1, 1)}.
-    @ivar headers: the request's header lines as received.
+    @ivar headers: the request's header lines as received: a list while
+        they are parsed, a tuple shared with other requests when the
+        request was made from a L{_KnownRequest}.
+    @ivar body: body bytes held for a backend not connected yet (a deque,
+        once there are any).
+    @ivar tried: the backends tried, in order.
+    @ivar upgradeData: bytes read after an upgrade request, for the tunnel.
     """
 
-    method: bytes = b""
-    target: bytes = b""
-    version: tuple[int, int] = (1, 1)
-    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    method = b""
+    target = b""
+    version = (1, 1)
+    headers: Any = ()
     framing: RequestFraming | None = None
     l7pool: L7Pool | None = None
-    started: float = 0.0
-    headerSize: int = 0
-    headerPending: int = 0
+    started = 0.0
+    headerSize = 0
+    headerPending = 0
     error: _Reject | None = None
-    body: collections.deque[bytes] = attrs.field(factory=collections.deque)
-    bodyBuffered: int = 0
-    bodyReceived: int = 0
-    bodyDone: bool = False
-    bodySent: bool = False
-    attempts: int = 0
-    tried: list[Backend] = attrs.field(factory=list)
+    body: Any = ()
+    bodyBuffered = 0
+    bodyReceived = 0
+    bodyDone = False
+    bodySent = False
+    attempts = 0
+    tried: tuple[Backend, ...] = ()
     backend: Backend | None = None
     exchange: _Exchange | None = None
-    stickyHit: bool = False
-    headSent: bool = False
-    status: int = 0
-    bytesOut: int = 0
-    retrying: bool = False
+    stickyHit = False
+    headSent = False
+    status = 0
+    bytesOut = 0
+    retrying = False
     # The pool's queue wait, while the request waits for a backend.
     waiting: Any = None
     # For a path txlb answers itself (stats = true): that path.
     local: bytes | None = None
-    staleRetried: bool = False
-    counted: bool = False
+    staleRetried = False
+    counted = False
     plan: Any = None
-    upgradeData: list[bytes] = attrs.field(factory=list)
+    upgradeData: Any = ()
     # Response bytes held back to be written with the next ones.
     held: bytes | None = None
+    # The _KnownRequest it was made from, if any.
+    known: _KnownRequest | None = None
 
 
 class _Deadline:
@@ -371,15 +504,18 @@ class _Deadline:
         self.deadline: float | None = None
         self.action: Any = None
 
-    def set(self, seconds: float | None, action: Any) -> None:
+    def set(self, seconds: float | None, action: Any, now: float | None = None) -> None:
         """
         Call C{action} once C{seconds} have passed, instead of whatever was
         due; C{None}: nothing is due.
+
+        @param now: C{reactor.seconds()}, when the caller just read it.
         """
         if seconds is None:
             self.deadline = None
             return
-        now = self.reactor.seconds()
+        if now is None:
+            now = self.reactor.seconds()
         deadline = self.deadline = now + seconds
         self.action = action
         if self.call is None or self.at > deadline:
@@ -458,14 +594,22 @@ class _Exchange:
     a late event from an abandoned attempt changes nothing.
     """
 
+    __slots__ = (
+        "proto", "request", "backend", "connection", "connecting", "started",
+        "responded", "released",
+    )
+
     def __init__(self, proto: HTTPProxyProtocol, request: ProxiedRequest,
-                 backend: Backend) -> None:
+                 backend: Backend, started: float) -> None:
+        """
+        @param started: when the attempt started (C{reactor.seconds()}).
+        """
         self.proto = proto
         self.request = request
         self.backend = backend
         self.connection: UpstreamConnection | None = None
         self.connecting: Any = None
-        self.started = proto.factory.reactor.seconds()
+        self.started = started
         self.responded = False
         self.released = False
 
@@ -501,6 +645,12 @@ class _Exchange:
     def responseComplete(self) -> None:
         if self.request.exchange is self:
             self.proto.responseComplete(self)
+
+    def responseWhole(self, version: tuple[int, int], status: int, reason: bytes,
+                      headers: Any, framing: ResponseFraming, body: bytes) -> None:
+        if self.request.exchange is self:
+            self.responded = True
+            self.proto.responseWhole(self, status, reason, headers, framing, body)
 
     def responseFailed(self, reason: Failure, started: bool) -> None:
         if self.request.exchange is self:

@@ -40,8 +40,8 @@ class IExchange(Interface):
 
     Calls arrive in this order: any number of L{informational}, then
     L{responseStarted}, then any number of L{responseBody}, then
-    L{responseComplete}; or, after a 101, L{responseStarted} then
-    L{upgraded}.  L{responseFailed} may end the sequence at any point
+    L{responseComplete}, or L{responseWhole} instead of those three; or,
+    after a 101, L{responseStarted} then L{upgraded}.  L{responseFailed} may end the sequence at any point
     before its end.  After L{responseComplete}, L{upgraded},
     L{responseFailed}, or L{UpstreamConnection.abort}, nothing more is
     called.  Any method may call L{UpstreamConnection.abort}.  During
@@ -77,6 +77,16 @@ class IExchange(Interface):
         The whole response was read.  The connection is already back in
         the pool, or closed, unless the request is not finished yet: then
         it goes back (or is closed) at L{UpstreamConnection.finishRequest}.
+        """
+
+    def responseWhole(version, status, reason, headers, framing, body):  # noqa: N805
+        """
+        A final response whose head and whole body (its C{Content-Length}
+        bytes, or none) came in one read with nothing after them: what
+        L{responseStarted}, L{responseBody} (for a non-empty C{body}) and
+        L{responseComplete} would say, in one call.  As for
+        L{responseComplete}, the connection is already back in the pool, or
+        closed, unless the request is not finished yet.
         """
 
     def responseFailed(reason, started):  # noqa: N805
@@ -301,6 +311,7 @@ class UpstreamConnection(Protocol):
         method: bytes,
         exchange: IExchange,
         responseTimeout: float | None,
+        whole: bool = False,
     ) -> None:
         """
         Write a request head and read its response.
@@ -312,6 +323,8 @@ class UpstreamConnection(Protocol):
         @param responseTimeout: seconds within which the whole response
             head must arrive, counted from the last request byte written
             (so a long upload is not cut off); C{None} for no limit.
+        @param whole: the head is the whole request (it has no body): as
+            if L{finishRequest} followed.
         @raise RuntimeError: the connection is not checked out and ready.
             When it was lost while checked out, C{exchange.responseFailed}
             is called with L{ConnectionLostEarly} before this returns.
@@ -327,7 +340,7 @@ class UpstreamConnection(Protocol):
         self.state = _S.waiting
         self._exchange = exchange
         self._started = False
-        self._requestDone = False
+        self._requestDone = whole
         self.requests += 1
         self._reader.expect(method)
         self.transport.write(head)
@@ -459,7 +472,11 @@ class UpstreamConnection(Protocol):
                     "backend {backend}: handling a response failed; closing",
                     backend=self.backend.name,
                 )
-                self.abort()
+                if self.state is _S.idle:
+                    # Pooled already, when its exchange failed: not again.
+                    self._closeNow(abort=True)
+                else:
+                    self.abort()
         elif state is _S.tunnel:
             if self._tunnelData is not None:
                 self._tunnelData(data)
@@ -541,6 +558,33 @@ class UpstreamConnection(Protocol):
         self.moreFollows = more
         self._exchange.responseStarted(version, status, reason, headers, framing)
         self.moreFollows = False
+
+    def _responseWhole(
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: ResponseFraming,
+        body: bytes,
+    ) -> None:
+        """
+        A final head and its whole body, read at once with nothing after
+        them: the response timeout is met; pool the connection (or keep it
+        for the rest of the request, or close it), then tell the exchange.
+        """
+        pool = self._pool
+        if self._timed:  # _cancelTimer, inline
+            self._timed = False
+            pool._waiting.pop(self, None)
+        exchange, self._exchange = self._exchange, None
+        if not framing.keepAlive or pool._closing:
+            self._closeNow(abort=False)
+        elif self._requestDone:
+            pool._checkin(self)
+        else:
+            self.state = _S.finishing
+        exchange.responseWhole(version, status, reason, headers, framing, body)
 
     def _responseInformational(
         self, status: int, reason: bytes, headers: Headers

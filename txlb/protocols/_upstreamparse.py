@@ -34,12 +34,21 @@ Then:
 
 llhttp checks what it parses; L{validateResponseHeaders} then applies
 txlb's own framing rules to every head, interim ones included.
+
+A backend sends the same few heads over and over (the same status, headers
+and length; a C{Date} that changes once a second).  A final head that
+arrived whole in one read and passed both checks is remembered, by its
+exact bytes: when the same bytes come again as a whole head, parsing them
+can only give the same answer, and the reader reports that answer without
+parsing.  Only heads whose body llhttp has no part in are remembered (a
+length, or none), so llhttp's state never depends on what was skipped.
 """
 
 from __future__ import annotations
 
 import enum
 from typing import Protocol as TypingProtocol
+from typing import Sequence
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -60,7 +69,18 @@ _HEAD_END = b"\r\n\r\n"
 _LINE_ENDS = (b"\r", b"\n")
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 
-Headers = list[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
+
+# Final heads already parsed and validated, by their exact bytes: one table
+# for responses to HEAD, one for the rest (L{validateResponseHeaders} reads
+# the method for nothing else).  Each holds the version, status, reason,
+# headers (a tuple, the same one each time), framing, and the size of the
+# body (its length, or 0 for none).  Emptied when full.
+_Known = tuple[tuple[int, int], int, bytes, tuple[tuple[bytes, bytes], ...],
+               ResponseFraming, int]
+_KNOWN_HEADS: dict[bytes, _Known] = {}
+_KNOWN_HEAD_HEADS: dict[bytes, _Known] = {}
+_MAX_KNOWN_HEADS = 512
 
 
 class ResponseSink(TypingProtocol):
@@ -83,6 +103,24 @@ class ResponseSink(TypingProtocol):
         A final (or 101) response head arrived and passed validation;
         C{more}: another event of this response follows before L{feed}
         returns; C{inBody}: a body is to be read (L{ResponseReader.inBody}).
+        C{headers} is a tuple, the same one each time, for a head the reader
+        remembers (see the module docstring), else a list.
+        """
+
+    def _responseWhole(
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: ResponseFraming,
+        body: bytes,
+    ) -> None:
+        """
+        A final response other than 101 arrived whole in one read, head
+        (validated) and body (its C{Content-Length} bytes, or none), with
+        nothing after it: instead of L{_responseHead}, L{_responseBody} and
+        L{_responseDone}.
         """
 
     def _responseInformational(
@@ -222,6 +260,31 @@ class ResponseReader:
         """
         phase = self._phase
         if phase is _Phase.head:
+            if not self._headSize:
+                # The head starts with this read: it may be one remembered
+                # (_readHeads, for the usual case, without its loop).
+                end = data.find(_HEAD_END) + 4
+                if 3 < end <= self._maxHeadSize:
+                    known = (
+                        _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
+                    ).get(data if end == len(data) else data[:end])
+                    if known is not None:
+                        self._headSize = end
+                        version, status, reason, headers, framing, size = known
+                        if len(data) - end == size:
+                            # The whole response and nothing more (see
+                            # _final): most responses.
+                            self._headers = None
+                            self.framing = framing
+                            self._phase = _Phase.done
+                            self._sink._responseWhole(
+                                version, status, reason, headers, framing, data[end:]
+                            )
+                            return
+                        self._final(
+                            version, status, reason, headers, framing, data[end:]
+                        )
+                        return
             self._readHeads(data)
         elif phase is _Phase.length:
             self._readLength(data)
@@ -283,6 +346,7 @@ class ResponseReader:
         Read head bytes, and what follows each head that ends in C{data}.
         """
         while True:
+            whole = False
             if self._headTail:
                 end = self._findHeadEnd(data)
             else:
@@ -290,6 +354,7 @@ class ResponseReader:
                 end = data.find(_HEAD_END)
                 if end != -1:
                     end += 4
+                    whole = self._headSize == 0
             if end == -1:
                 self._headSize += len(data)
                 if self._headSize > self._maxHeadSize:
@@ -311,19 +376,29 @@ class ResponseReader:
                 head, rest = data, b""
             else:
                 head, rest = data[:end], data[end:]
+            if whole:
+                known = (
+                    _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
+                ).get(head)
+                if known is not None:
+                    version, status, reason, headers, framing, _ = known
+                    self._final(version, status, reason, headers, framing, rest)
+                    return
             if not self._parse(head):
                 return
             if not self._headDone:
                 self._bad("malformed response head")
                 return
-            if not self._endHead(rest):
+            if not self._endHead(rest, head if whole else None):
                 return
             data = rest
 
-    def _endHead(self, rest: bytes) -> bool:
+    def _endHead(self, rest: bytes, head: bytes | None) -> bool:
         """
         A head ended, followed by C{rest}: validate it and report it.
 
+        @param head: the head's bytes when it arrived whole in one read (it
+            may then be remembered), else C{None}.
         @return: C{True} when it was an interim response and C{rest} is
             another head to read.
         """
@@ -350,14 +425,50 @@ class ResponseReader:
             self._resetHead()
             sink._responseInformational(status, reason, headers)
             return bool(rest) and not self._stopped
-        if not self._messageDone and framing.body is not Body.CHUNKED:
+        body = framing.body
+        if not self._messageDone and body is not Body.CHUNKED:
             # llhttp still expects a body it will not be fed (HEAD, or a
             # length or close-delimited body counted here): start afresh.
             self._parser = None
+        if head is not None and status != 101 and (
+            body is Body.LENGTH or body is Body.NONE
+        ):
+            known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
+            if len(known) >= _MAX_KNOWN_HEADS:
+                known.clear()
+            headers = tuple(headers)
+            size = framing.contentLength if body is Body.LENGTH else 0
+            known[head] = (version, status, reason, headers, framing, size)
+        return self._final(version, status, reason, headers, framing, rest)
+
+    def _final(
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: ResponseFraming,
+        rest: bytes,
+    ) -> bool:
+        """
+        Report a final (or 101) head, validated, followed by C{rest}, and
+        read what of its body C{rest} holds.
+
+        @return: C{False}.
+        """
+        sink = self._sink
         # Trailers, after a chunked body, are dropped.
         self._headers = None
         self.framing = framing
         body = framing.body
+        if status != 101 and (
+            (body is Body.LENGTH and len(rest) == framing.contentLength)
+            or (body is Body.NONE and not rest)
+        ):
+            # The whole response, and nothing after it: most responses.
+            self._phase = _Phase.done
+            sink._responseWhole(version, status, reason, headers, framing, rest)
+            return False
         # Whether the sink hears more of this response before feed returns:
         # the end of a response without a body, or body bytes read with its
         # head (a chunked body may need more bytes for its first piece).

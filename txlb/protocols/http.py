@@ -50,6 +50,7 @@ from txlb.protocols._httpparts import (
     _FactoryBase,
     _frameBody,
     _hashKey,
+    _KnownRequest,
     _originForm,
     _parserReason,
     _ReadPause,
@@ -89,6 +90,19 @@ __all__ = [
 _LOCAL_PATHS = frozenset((b"/lb-health", b"/lb-stats"))
 
 
+# Stands in for the request id in a head made once for many requests (see
+# HTTPProxyProtocol.knownHead); NUL is in no header value txlb sends.
+_ID_SLOT = b"\x00request-id\x00"
+
+
+def _rateLimited(wait: float) -> tuple[int, str, tuple[bytes, ...]]:
+    """
+    @return: the refusal of a request over the rate limit, which may try
+        again in C{wait} seconds.
+    """
+    return 429, "too many requests", (b"Retry-After: %d" % max(1, math.ceil(wait)),)
+
+
 class HTTPProxyProtocol(Protocol):
     """
     One client connection of an L7 listener.
@@ -116,6 +130,10 @@ class HTTPProxyProtocol(Protocol):
         self.peerAddress: Any = None
         self.client: ClientInfo | None = None
         self.bodyHeld = 0
+        # The read being parsed, when a request starts with it.
+        self.wholeRead: bytes | None = None
+        # What knownHead made last.
+        self.lastHead: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -257,8 +275,27 @@ class HTTPProxyProtocol(Protocol):
         if "upgrade" in self.pauses:
             # Until the backend answers the upgrade, the bytes are the
             # tunnel's (a transport may deliver a read after a pause).
-            self.queue[-1].upgradeData.append(data)
+            last = self.queue[-1]
+            last.upgradeData = [*last.upgradeData, data]
             return
+        if self.parsing is None:
+            # A read that starts a request may be one whole request head
+            # already seen (see _KnownRequest).
+            factory = self.factory
+            known = factory.knownRequests.get(data)
+            if (
+                known is not None
+                # Parsed and routed under what the listener has now.
+                and known.router is factory.router
+                and known.settings is factory.settings
+                and known.pools is factory.pools
+                and known.localStats is factory.localStats
+            ):
+                self.knownRequest(known)
+                return
+            self.wholeRead = data
+        else:
+            self.wholeRead = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -290,6 +327,44 @@ class HTTPProxyProtocol(Protocol):
         else:
             if self.parsing is not None:
                 self.checkPendingHead(len(data))
+
+    def knownRequest(self, known: _KnownRequest) -> None:
+        """
+        A read that was one whole request head seen before: what parsing
+        and checking it gave then, it gives now; queue it as
+        L{on_headers_complete} and L{on_message_complete} would.
+        """
+        factory = self.factory
+        request = ProxiedRequest()
+        request.started = now = factory.reactor.seconds()
+        request.method = known.method
+        request.target = known.target
+        request.headers = known.headers
+        request.framing = known.framing
+        request.headerSize = known.headerSize
+        request.bodyDone = True
+        request.known = known
+        self.firstHead = False
+        queue = self.queue
+        if not queue:
+            # The head is all here: no head deadline.
+            self.timer.deadline = None
+        if factory.rateLimit is not None:
+            wait = factory.rateLimit.take(factory.rateKey(self.peer, request.headers))
+            if wait:
+                factory.counters["rate_limited"] += 1
+                request.framing = None
+                self.parsing = request
+                self.rejectParsing(*_rateLimited(wait))
+                return
+        l7pool = request.l7pool = known.l7pool
+        l7pool.budget.requests += 1
+        request.counted = True
+        queue.append(request)
+        if len(queue) > MAX_PIPELINE:
+            self.pauseReading("pipeline")
+        elif len(queue) == 1:
+            self.sendKnown(request, now)
 
     def checkPendingHead(self, received: int) -> None:
         """
@@ -345,7 +420,7 @@ class HTTPProxyProtocol(Protocol):
         last = self.queue[-1] if self.queue else None
         if last is not None and last.framing is not None and last.framing.upgrade:
             if data:
-                last.upgradeData.append(data)
+                last.upgradeData = [*last.upgradeData, data]
             # Nothing after this request is HTTP until the backend answers.
             self.pauseReading("upgrade")
             return
@@ -359,9 +434,9 @@ class HTTPProxyProtocol(Protocol):
         if self.closing:
             raise _Closing()
         factory = self.factory
-        # Set after: a keyword among ProxiedRequest's many costs more.
         request = ProxiedRequest()
         request.started = factory.reactor.seconds()
+        request.headers = []
         self.parsing = request
         self.headProgress = True
         if self.firstHead:
@@ -425,11 +500,7 @@ class HTTPProxyProtocol(Protocol):
                 factory.counters["rate_limited"] += 1
                 # Refused in its head: answered, then closed, so its body
                 # (if any) is never read as a request.
-                raise _Reject(
-                    429,
-                    "too many requests",
-                    (b"Retry-After: %d" % max(1, math.ceil(wait)),),
-                )
+                raise _Reject(*_rateLimited(wait))
         request.framing = framing
         if factory.localStats is not None and target in _LOCAL_PATHS and (
             method == b"GET" or method == b"HEAD"
@@ -467,6 +538,8 @@ class HTTPProxyProtocol(Protocol):
             exchange.connection.writeBody(_frameBody(request, data))
             request.bodySent = True
             return
+        if not request.body:
+            request.body = collections.deque()
         request.body.append(data)
         request.bodyBuffered += len(data)
         self.bodyHeld += len(data)
@@ -476,9 +549,17 @@ class HTTPProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         request = self.parsing
         self.parsing = None
+        data, self.wholeRead = self.wholeRead, None
         if request.bodyDone:
             # No body: its backend request is (or will be) finished where
             # it is sent.
+            if (
+                data is not None
+                and request.l7pool is not None
+                and data.find(b"\r\n\r\n") == len(data) - 4
+            ):
+                # The read was this request, and nothing else.
+                self.factory.rememberRequest(data, request)
             return
         request.bodyDone = True
         exchange = request.exchange
@@ -503,9 +584,12 @@ class HTTPProxyProtocol(Protocol):
             return
         self.tryBackend(request)
 
-    def tryBackend(self, request: ProxiedRequest, fresh: bool = False) -> None:
+    def tryBackend(self, request: ProxiedRequest, fresh: bool = False,
+                   now: float | None = None) -> None:
         """
         Pick a backend for C{request} (not one already tried) and connect.
+
+        @param now: C{reactor.seconds()}, when the caller just read it.
         """
         l7pool = request.l7pool
         assert l7pool is not None
@@ -519,36 +603,80 @@ class HTTPProxyProtocol(Protocol):
         if backend is None:
             hashKey = l7pool.hashKey
             backend = l7pool.pool.pick(
+                self.peerAddress,
+                request,
+                None if hashKey is None else _hashKey(hashKey, request, self.peer),
+                request.tried,
+            )
+        if backend is None:
+            self.noBackend(request)
+            return
+        self.useBackend(request, backend, fresh, now)
+
+    def sendKnown(self, request: ProxiedRequest, now: float) -> None:
+        """
+        Send a request made from a L{_KnownRequest}: L{tryBackend},
+        L{useBackend} and L{backendConnected} in one call for the usual
+        case, a pool without sticky sessions or a hash key and an idle
+        connection to the backend its strategy picks.  Anything else goes
+        the general way.
+
+        @param now: C{reactor.seconds()}, just read.
+        """
+        l7pool = request.l7pool
+        if l7pool.stickyCookie is not None or l7pool.hashKey is not None:
+            self.tryBackend(request, False, now)
+            return
+        backend = l7pool.pool.pick(self.peerAddress, request, None, ())
+        if backend is None:
+            self.noBackend(request)
+            return
+        connection = l7pool.upstreams.takeIdle(backend)
+        if connection is None:
+            self.useBackend(request, backend, False, now)
+            return
+        # useBackend, inline.
+        request.attempts = 1
+        request.tried = (backend,)
+        request.backend = backend
+        backend.acquire()
+        exchange = request.exchange = _Exchange(self, request, backend, now)
+        # backendConnected, inline.
+        exchange.connection = connection
+        connection.sendRequest(
+            self.knownHead(request.known, l7pool), request.method, exchange,
+            l7pool.retry.perTryTimeout, whole=True,
+        )
+        if self.pauses and request.exchange is exchange:
+            self.resumeReading("backend")
+
+    def noBackend(self, request: ProxiedRequest) -> None:
+        """
+        No backend could be picked for C{request}: wait in the pool's
+        queue, or answer 502 (every usable backend was tried) or 503.
+        """
+        l7pool = request.l7pool
+        if request.retrying:
+            request.retrying = False
+            l7pool.budget.retries -= 1
+        if request.tried:
+            # Every usable backend was tried, and failed.
+            self.answerError(request, 502, "bad gateway", not request.bodyDone)
+            return
+        pool = l7pool.pool
+        if pool.queueable():
+            hashKey = l7pool.hashKey
+            waiting = request.waiting = pool.wait(
                 clientAddress=self.peerAddress,
                 request=request,
                 hashKey=None if hashKey is None else _hashKey(hashKey, request, self.peer),
-                exclude=request.tried,
             )
-        if backend is None:
-            if request.retrying:
-                request.retrying = False
-                l7pool.budget.retries -= 1
-            if request.tried:
-                # Every usable backend was tried, and failed.
-                self.answerError(request, 502, "bad gateway", not request.bodyDone)
-                return
-            pool = l7pool.pool
-            if pool.queueable():
-                hashKey = l7pool.hashKey
-                waiting = request.waiting = pool.wait(
-                    clientAddress=self.peerAddress,
-                    request=request,
-                    hashKey=None if hashKey is None else _hashKey(hashKey, request, self.peer),
-                )
-                waiting.addCallbacks(self.dequeued, self.queueFailed,
-                                     callbackArgs=(request,), errbackArgs=(request,))
-                return
-            pool.dropped["no_backend"] += 1
-            self.factory.counters["no_backend"] += 1
-            self.answerError(request, 503, "no backend available",
-                             not request.bodyDone)
+            waiting.addCallbacks(self.dequeued, self.queueFailed,
+                                 callbackArgs=(request,), errbackArgs=(request,))
             return
-        self.useBackend(request, backend, fresh)
+        pool.dropped["no_backend"] += 1
+        self.factory.counters["no_backend"] += 1
+        self.answerError(request, 503, "no backend available", not request.bodyDone)
 
     def dequeued(self, backend: Backend, request: ProxiedRequest) -> None:
         """
@@ -567,17 +695,23 @@ class HTTPProxyProtocol(Protocol):
         self.factory.counters["queue_" + ("full" if reason.check(QueueFull) else "timeout")] += 1
         self.answerError(request, 503, str(reason.value), not request.bodyDone)
 
-    def useBackend(self, request: ProxiedRequest, backend: Backend, fresh: bool) -> None:
+    def useBackend(self, request: ProxiedRequest, backend: Backend, fresh: bool,
+                   now: float | None = None) -> None:
         """
         Send C{request} to C{backend}, on an idle connection when there is
         one (and not C{fresh}), else on a new one.
+
+        @param now: C{reactor.seconds()}, when the caller just read it.
         """
         l7pool = request.l7pool
         request.attempts += 1
-        request.tried.append(backend)
+        request.tried += (backend,)
         request.backend = backend
         backend.acquire()
-        exchange = _Exchange(self, request, backend)
+        exchange = _Exchange(
+            self, request, backend,
+            self.factory.reactor.seconds() if now is None else now,
+        )
         request.exchange = exchange
         upstreams = l7pool.upstreams
         if not fresh:
@@ -601,8 +735,19 @@ class HTTPProxyProtocol(Protocol):
             connection.abort()
             return
         exchange.connection = connection
-        framing = request.framing
         l7pool = request.l7pool
+        known = request.known
+        if known is not None:
+            # A plain request without a body (see _KnownRequest): its head
+            # is the whole request.
+            connection.sendRequest(
+                self.knownHead(known, l7pool), known.method, exchange,
+                l7pool.retry.perTryTimeout, whole=True,
+            )
+            if self.pauses and request.exchange is exchange:
+                self.resumeReading("backend")
+            return
+        framing = request.framing
         assert framing is not None and l7pool is not None
         sendFraming = framing
         if framing.expectContinue:
@@ -611,11 +756,11 @@ class HTTPProxyProtocol(Protocol):
             sendFraming = attrs.evolve(framing, expectContinue=False)
             if not request.bodyDone and not request.body:
                 self.transport.write(_CONTINUE)
+        method = request.method
         headers = forwardRequestHeaders(
             request.headers, sendFraming, l7pool.policy, self.client,
             requestId=self.factory.newRequestId(),
         )
-        method = request.method
         connection.sendRequest(_requestHead(method, request.target, headers),
                                method, exchange, l7pool.retry.perTryTimeout)
         if request.exchange is not exchange:
@@ -642,6 +787,33 @@ class HTTPProxyProtocol(Protocol):
                 connection.finishRequest()
         else:
             connection.transport.registerProducer(_ReadPause(self, "backend"), True)
+
+    def knownHead(self, known: _KnownRequest, l7pool: L7Pool) -> bytes:
+        """
+        The head txlb sends a backend for a request made from C{known}.
+
+        Everything in it but the request id it generates is the same for
+        every such request on this connection to C{l7pool}: that is made
+        once, in two parts, and the id put between them.
+        """
+        factory = self.factory
+        made = self.lastHead
+        if made is None or made[0] is not known or made[1] is not l7pool:
+            head = _requestHead(known.method, known.target, forwardRequestHeaders(
+                known.headers, known.framing, l7pool.policy, self.client,
+                requestId=_ID_SLOT,
+            ))
+            before, slot, after = head.partition(_ID_SLOT)
+            if slot:
+                made = (known, l7pool, before + factory._idPrefix + b"-", after)
+            else:
+                # The client's own request id is passed on.
+                made = (known, l7pool, head, None)
+            self.lastHead = made
+        if made[3] is None:
+            return made[2]
+        # factory.newRequestId(), between the two parts.
+        return b"%b%x%b" % (made[2], next(factory._ids), made[3])
 
     def finishRequestBody(self, request: ProxiedRequest,
                           connection: UpstreamConnection) -> None:
@@ -700,9 +872,33 @@ class HTTPProxyProtocol(Protocol):
         self.transport.write(_statusHead(status, reason, headers))
 
     def responseStarted(self, exchange: _Exchange, status: int, reason: bytes,
-                        headers: list[tuple[bytes, bytes]],
-                        framing: ResponseFraming) -> None:
+                        headers: Any, framing: ResponseFraming) -> None:
         request = exchange.request
+        head = self.clientHead(exchange, request, status, reason, headers, framing)
+        if head is None:
+            return
+        request.bytesOut += len(head)
+        connection = exchange.connection
+        if connection is not None and connection.moreFollows and status != 101:
+            # Body bytes (or the end) were read with this head: write them
+            # together, in one send.  The connection becomes the client
+            # transport's producer only if the response outlasts this read.
+            request.held = head
+            return
+        self.transport.write(head)
+        if status != 101 and connection is not None:
+            self.transport.registerProducer(connection, True)
+
+    def clientHead(self, exchange: _Exchange, request: ProxiedRequest, status: int,
+                   reason: bytes, headers: Any,
+                   framing: ResponseFraming) -> bytes | None:
+        """
+        Decide how a final (or 101) response goes to the client, and make
+        its head.
+
+        @return: the head, or C{None} when the response was refused (a 101
+            to a request that did not upgrade) and that was handled.
+        """
         l7pool = request.l7pool
         framing_ = request.framing
         keepAlive = (
@@ -716,33 +912,40 @@ class HTTPProxyProtocol(Protocol):
         )
         if status == 101 and not (framing_ and framing_.upgrade):
             self.responseFailed(exchange, Failure(_BadUpgrade()), True)
-            return
+            return None
         version = request.version
-        plan = request.plan = planResponse(framing, keepAlive, version)
-        out = forwardResponseHeaders(
-            headers, framing, l7pool.policy, exchange.backend.name, keepAlive, version,
-            plan,
+        sticky = (
+            l7pool.stickyCookie is not None and not request.stickyHit and status != 101
         )
-        if l7pool.stickyCookie is not None and not request.stickyHit and status != 101:
-            out.append((
-                b"Set-Cookie",
-                l7pool.stickyCookie + b"=" + l7pool.stickyToken(exchange.backend)
-                + b"; Path=/; HttpOnly; SameSite=Lax",
-            ))
+        if type(headers) is tuple and not sticky:
+            # A head the reader remembers: the same one each time, so what
+            # txlb makes of it can be remembered too (L7Pool.clientHead,
+            # whose table is looked up here first).
+            backend = exchange.backend
+            made = l7pool._clientHeads.get((id(headers), keepAlive, version, backend))
+            if made is not None and made[0] is headers:
+                request.plan = made[1]
+                head = made[2]
+            else:
+                request.plan, head = l7pool.clientHead(
+                    backend, status, reason, headers, framing, keepAlive, version
+                )
+        else:
+            plan = request.plan = planResponse(framing, keepAlive, version)
+            out = forwardResponseHeaders(
+                headers, framing, l7pool.policy, exchange.backend.name, keepAlive,
+                version, plan,
+            )
+            if sticky:
+                out.append((
+                    b"Set-Cookie",
+                    l7pool.stickyCookie + b"=" + l7pool.stickyToken(exchange.backend)
+                    + b"; Path=/; HttpOnly; SameSite=Lax",
+                ))
+            head = _statusHead(status, reason, out)
         request.status = status
         request.headSent = True
-        head = _statusHead(status, reason, out)
-        request.bytesOut += len(head)
-        connection = exchange.connection
-        if connection is not None and connection.moreFollows and status != 101:
-            # Body bytes (or the end) were read with this head: write them
-            # together, in one send.  The connection becomes the client
-            # transport's producer only if the response outlasts this read.
-            request.held = head
-            return
-        self.transport.write(head)
-        if status != 101 and connection is not None:
-            self.transport.registerProducer(connection, True)
+        return head
 
     def responseBody(self, request: ProxiedRequest, data: bytes) -> None:
         if request.plan.body is Body.CHUNKED:
@@ -775,15 +978,40 @@ class HTTPProxyProtocol(Protocol):
         if request.plan.body is Body.CHUNKED:
             request.bytesOut += 5
             held = (held or b"") + b"0\r\n\r\n"
-        transport = self.transport
         if held is not None:
-            transport.write(held)
+            self.transport.write(held)
+        self.completed(exchange, request)
+
+    def responseWhole(self, exchange: _Exchange, status: int, reason: bytes,
+                      headers: Any, framing: ResponseFraming, body: bytes) -> None:
+        """
+        A final response read whole at once (see L{IExchange.responseWhole}):
+        its head and body go out in one write when small.
+        """
+        head = self.clientHead(exchange, exchange.request, status, reason, headers,
+                               framing)
+        request = exchange.request
+        # Never chunked: a length body, or none, keeps its framing.
+        size = len(body)
+        request.bytesOut += len(head) + size
+        if size <= _COALESCE:
+            self.transport.write(head + body if size else head)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+        self.completed(exchange, request)
+
+    def completed(self, exchange: _Exchange, request: ProxiedRequest) -> None:
+        """
+        The response to C{request} was written whole: account for the
+        attempt, and finish.
+        """
+        transport = self.transport
         if transport.producer is not None:
             transport.unregisterProducer()
         backend = exchange.backend
-        elapsed = self.factory.reactor.seconds() - exchange.started
-        request.l7pool.pool.observeLatency(backend, elapsed, request.status < 500)
-        backend.recordResponse(request.status, elapsed)
+        now = self.factory.reactor.seconds()
+        request.l7pool.pool.observeResponse(backend, request.status, now - exchange.started)
         request.exchange = None
         # endAttempt, inline.
         if not exchange.released:
@@ -796,7 +1024,7 @@ class HTTPProxyProtocol(Protocol):
             # The backend answered before the whole body was sent: the
             # connection can neither be finished nor reused.
             exchange.connection.abort()
-        self.finished(request, close=request.plan.close)
+        self.finished(request, request.plan.close, now)
 
     def unregisterResponseProducer(self) -> None:
         if getattr(self.transport, "producer", None) is not None:
@@ -830,7 +1058,7 @@ class HTTPProxyProtocol(Protocol):
             ):
                 request.staleRetried = True
                 request.attempts -= 1
-                request.tried.pop()
+                request.tried = request.tried[:-1]
                 self.factory.counters["stale_retries"] += 1
                 self.tryBackend(request, fresh=True)
                 return
@@ -895,7 +1123,7 @@ class HTTPProxyProtocol(Protocol):
             self.transport.write(extra)
         for data in request.upgradeData:
             connection.transport.write(data)
-        request.upgradeData.clear()
+        request.upgradeData = ()
         self.pauses.clear()
         self.transport.resumeProducing()
 
@@ -950,9 +1178,12 @@ class HTTPProxyProtocol(Protocol):
         self.transport.write(response)
         self.finished(request, close=not keepAlive)
 
-    def finished(self, request: ProxiedRequest, close: bool) -> None:
+    def finished(self, request: ProxiedRequest, close: bool,
+                 now: float | None = None) -> None:
         """
         C{request} is answered: log it, and go on with the next or close.
+
+        @param now: C{reactor.seconds()}, when the caller just read it.
         """
         queue = self.queue
         if queue and queue[0] is request:
@@ -973,7 +1204,9 @@ class HTTPProxyProtocol(Protocol):
         factory.bytesIn += request.headerSize + request.bodyReceived
         factory.bytesOut += request.bytesOut
         if factory.accessLog is not None:
-            factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
+            if now is None:
+                now = factory.reactor.seconds()
+            factory.accessLog(_accessRecord(request, self.peer, now))
         if close or self.closing:
             self.closing = True
             self.timer.clear()
@@ -994,7 +1227,7 @@ class HTTPProxyProtocol(Protocol):
                 timeout = max(0.0, timeout - (self.reactor.seconds() - self.parsing.started))
             self.timer.set(timeout, self.headerTimedOut)
         else:
-            self.timer.set(factory.settings.idleTimeout, self.idleTimedOut)
+            self.timer.set(factory.settings.idleTimeout, self.idleTimedOut, now)
 
     def logRequest(self, request: ProxiedRequest) -> None:
         """

@@ -62,6 +62,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txlb.pool import Backend
+from txlb.protocols._backendleg import _skipEndpointWrapper
 from txlb.protocols._upstreamconn import (
     BadResponse,
     ConnectionLostEarly,
@@ -358,6 +359,9 @@ class UpstreamPool:
                 result.errback(CancelledError())
             return None
         conn.connectSeconds = self.reactor.seconds() - started
+        # Every response byte goes to the connection without the endpoint's
+        # wrapper in between (as the L4 relay's backend legs do).
+        _skipEndpointWrapper(conn)
         conn._checkout(False)
         self.connectionsOpened += 1
         result.callback(conn)
@@ -372,8 +376,11 @@ class UpstreamPool:
         if self._closing or self.maxIdlePerBackend == 0:
             conn._closeNow(abort=False)
             return
-        now = self.reactor.seconds()
-        conn._makeIdle(now)
+        # conn._makeIdle(now), inline for a connection with nothing to undo.
+        conn.state = _S.idle
+        now = conn._idleSince = self.reactor.seconds()
+        if conn._paused or getattr(conn.transport, "producer", None) is not None:
+            conn._makeIdle(now)
         idle = self._idle.get(conn.backend)
         if idle is None:
             idle = self._idle[conn.backend] = collections.deque()
@@ -441,7 +448,10 @@ class UpstreamPool:
         One timer serves every waiting connection, so that a request costs
         no timer call while others are in flight: it is due no later than
         the earliest deadline, and when it fires it fails the connections
-        whose deadline has passed and is set again for the next one.
+        whose deadline has passed and is set again for the next one.  It is
+        not cancelled when the last connection stops waiting (the next
+        request would only schedule it again): it then fires once for
+        nothing.
         """
         self._waiting[conn] = None
         deadline = conn._lastWrite + conn._timeout
@@ -458,11 +468,7 @@ class UpstreamPool:
         """
         C{conn} no longer waits: its response head arrived, or it failed.
         """
-        waiting = self._waiting
-        waiting.pop(conn, None)
-        if not waiting and self._responseCall is not None:
-            call, self._responseCall = self._responseCall, None
-            call.cancel()
+        self._waiting.pop(conn, None)
 
     def _checkResponses(self) -> None:
         """

@@ -150,10 +150,16 @@ class FakeUpstreamPool:
     An C{UpstreamPool} whose connects the test completes.
 
     @ivar attempts: every L{PendingConnect}, oldest first.
+    @ivar idle: connections C{takeIdle} hands out, by backend, last first;
+        a test puts them there (none by default: every checkout is then a
+        recorded connect).
+    @ivar taken: every connection C{takeIdle} handed out.
     """
 
     def __init__(self) -> None:
         self.attempts: list[PendingConnect] = []
+        self.idle: dict[Any, list[FakeUpstreamConnection]] = {}
+        self.taken: list[FakeUpstreamConnection] = []
 
     def connect(self, backend: Any, fresh: bool = False) -> Deferred[Any]:
         """
@@ -167,12 +173,29 @@ class FakeUpstreamPool:
         self.attempts.append(pending)
         return pending.deferred
 
-    def takeIdle(self, backend: Any) -> None:
+    def takeIdle(self, backend: Any) -> FakeUpstreamConnection | None:
         """
-        Hand out no idle connection: every checkout is a recorded
-        L{connect}.
+        Hand out the idle connection to C{backend} the test put last in
+        C{idle}, checked out and marked reused, or C{None}.
         """
-        return None
+        idle = self.idle.get(backend)
+        if not idle:
+            return None
+        connection = idle.pop()
+        connection.checkout()
+        connection.reused = True
+        self.taken.append(connection)
+        return connection
+
+    def keepIdle(self, backend: Any) -> FakeUpstreamConnection:
+        """
+        Put a new idle connection to C{backend} in C{idle}.
+
+        @return: it.
+        """
+        connection = FakeUpstreamConnection(backend)
+        self.idle.setdefault(backend, []).append(connection)
+        return connection
 
     @property
     def last(self) -> PendingConnect:
@@ -248,10 +271,12 @@ class FakeUpstreamConnection:
     # The proxy's side.
 
     def sendRequest(
-        self, head: bytes, method: bytes, exchange: Any, responseTimeout: float | None
+        self, head: bytes, method: bytes, exchange: Any, responseTimeout: float | None,
+        whole: bool = False,
     ) -> None:
         """
-        Record a request head and the exchange to answer.
+        Record a request head and the exchange to answer (and, when the
+        head is the C{whole} request, its end).
         """
         if self.aborted:
             self.misuse.append("sendRequest after abort")
@@ -265,6 +290,8 @@ class FakeUpstreamConnection:
         self.methods.append(method)
         self.timeouts.append(responseTimeout)
         self.transport.write(head)
+        if whole:
+            self.finishRequest()
 
     def writeBody(self, data: bytes) -> None:
         """

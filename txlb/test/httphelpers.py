@@ -40,6 +40,7 @@ class RecordingExchange:
     @ivar failure: the L{Failure} given to C{responseFailed}, or C{None}.
     @ivar started: the C{started} given to C{responseFailed}, or C{None}.
     @ivar upgradedWith: C{(connection, extra)} from C{upgraded}, or C{None}.
+    @ivar whole: the response came in one C{responseWhole} call.
     @ivar onEvent: called with each event's name before it is recorded,
         so a test can act (abort, pause) from inside a callback.
     """
@@ -51,6 +52,7 @@ class RecordingExchange:
         self.failure: Failure | None = None
         self.started: bool | None = None
         self.upgradedWith: tuple[UpstreamConnection, bytes] | None = None
+        self.whole = False
         self.onEvent = onEvent
 
     def _event(self, name: str, *details: Any) -> None:
@@ -75,7 +77,8 @@ class RecordingExchange:
         """
         Record the head.
         """
-        self.head = (version, status, reason, headers, framing)
+        # A head the reader remembers comes as a tuple: compare as lists.
+        self.head = (version, status, reason, list(headers), framing)
         self._event("started", status)
 
     def informational(self, status, reason, headers):
@@ -83,6 +86,17 @@ class RecordingExchange:
         Record an interim response.
         """
         self._event("informational", status, reason, headers)
+
+    def responseWhole(self, version, status, reason, headers, framing, body):
+        """
+        Record it as the head, the body (if any) and the end, and that it
+        came whole.
+        """
+        self.whole = True
+        self.responseStarted(version, status, reason, headers, framing)
+        if body:
+            self.responseBody(body)
+        self.responseComplete()
 
     def responseBody(self, data):
         """

@@ -20,11 +20,13 @@ import re
 from typing import Any, Callable, Iterable
 
 import attrs
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from txlb.config import RouteConfig
 from txlb.limits import RetryBudget
 from txlb.pool import AdminState, Backend, Pool
 from txlb.protocols.headers import ForwardingPolicy
@@ -38,6 +40,7 @@ from txlb.protocols.http import (
     RetryPolicy,
 )
 from txlb.protocols.upstream import ConnectionLostEarly
+from txlb.ratelimit import TokenBucketTable
 from txlb.routing import Router
 from txlb.test.fakeupstream import (
     CLIENT_ADDRESS,
@@ -1130,6 +1133,317 @@ class KeepAliveTests(ProxyTestCase):
         self.assertFalse(transport.disconnecting)
         conn.respond(200, body=b"late")
         self.assertEqual([200], statuses(transport.value()))
+
+
+def answered(
+    test: ProxyTestCase, proto: Any, data: bytes, pieces: int = 1
+) -> FakeUpstreamConnection:
+    """
+    Send C{data} (in C{pieces} reads), complete the connect it makes, and
+    answer 200 C{ok}.
+
+    @return: the connection that answered.
+    """
+    step = -(-len(data) // pieces)
+    for i in range(0, len(data), step):
+        proto.dataReceived(data[i:i + step])
+    conn = test.upstreams.last.succeed()
+    conn.respond(200, body=b"ok")
+    return conn
+
+
+class KnownRequestTests(ProxyTestCase):
+    """
+    A read that is one whole, plain request head the listener has parsed
+    before is not parsed again: it is the same request, and is forwarded
+    and accounted as the first was.
+    """
+
+    def exchange(self, proto: Any, data: bytes, pieces: int = 1) -> FakeUpstreamConnection:
+        """
+        Send C{data} (in C{pieces} reads) and answer it.
+        """
+        return answered(self, proto, data, pieces)
+
+    def test_sameRequestAgain(self) -> None:
+        """
+        The same bytes again are forwarded exactly as the first time, but
+        for a request id of their own; each is answered and logged.
+        """
+        proto, transport = self.connect()
+        data = get(b"/a?b=1", headers=(
+            b"User-Agent: t\r\nX-Forwarded-For: 10.9.9.9\r\nConnection: x-a\r\nX-A: 1\r\n"
+        ))
+        conns = [self.exchange(proto, data) for _ in range(3)]
+        self.assertIn(data, self.factory.knownRequests)
+        heads = [conn.heads[0] for conn in conns]
+        ids = [requestIdOf(head) for head in heads]
+        self.assertEqual(3, len(set(ids)))
+        self.assertEqual(
+            [heads[0].replace(ids[0], b"ID")] * 3,
+            [head.replace(i, b"ID") for head, i in zip(heads, ids, strict=True)],
+        )
+        self.assertNotIn(b"X-A", heads[2])
+        self.assertIn(b"X-Forwarded-For: 203.0.113.7\r\n", heads[2])
+        self.assertEqual([200] * 3, statuses(transport.value()))
+        self.assertEqual(
+            [("GET", "/a?b=1", 200, "web")] * 3,
+            [(r["method"], r["target"], r["status"], r["pool"]) for r in self.records],
+        )
+        self.assertEqual(3, self.factory.counters["requests"])
+        self.assertEqual(self.factory.bytesIn, 3 * (self.factory.bytesIn // 3))
+
+    def test_clientRequestIdKept(self) -> None:
+        """
+        A valid request id of the client's is passed on, every time.
+        """
+        proto, transport = self.connect()
+        data = get(headers=b"X-Request-ID: abc-123\r\n")
+        conns = [self.exchange(proto, data) for _ in range(2)]
+        self.assertEqual([b"abc-123"] * 2, [requestIdOf(c.heads[0]) for c in conns])
+
+    def test_eachConnectionItsOwnPeer(self) -> None:
+        """
+        A request remembered from one client is forwarded from another
+        with that other's address.
+        """
+        data = get()
+        proto, transport = self.connect()
+        self.exchange(proto, data)
+        other = self.factory.buildProtocol(CLIENT_ADDRESS)
+        otherTransport = ClientTransport(
+            peerAddress=IPv4Address("TCP", "198.51.100.9", 5000),
+            hostAddress=LISTENER_ADDRESS,
+        )
+        other.makeConnection(otherTransport)
+        self.clients.append((other, otherTransport))
+        conn = self.exchange(other, data)
+        self.assertIn(b"X-Forwarded-For: 198.51.100.9\r\n", conn.heads[0])
+
+    def test_notRemembered(self) -> None:
+        """
+        Requests that are not plain, or that did not come as one read
+        holding nothing else, are not remembered.
+        """
+        cases = [
+            ("with a body", post(b"xyz"), 1),
+            ("HTTP/1.0", get(version=b"HTTP/1.0"), 1),
+            ("HTTP/1.0 keep-alive", get(
+                version=b"HTTP/1.0", headers=b"Connection: keep-alive\r\n"), 1),
+            ("Connection: close", get(headers=b"Connection: close\r\n"), 1),
+            ("upgrade declined", get(headers=(
+                b"Connection: upgrade\r\nUpgrade: websocket\r\n")), 1),
+            ("h2c upgrade", get(headers=b"Connection: upgrade\r\nUpgrade: h2c\r\n"), 1),
+            ("expect", get(headers=b"Expect: 100-continue\r\n"), 1),
+            ("two reads", get(), 2),
+        ]
+        found = []
+        for label, data, pieces in cases:
+            self.factory.knownRequests.clear()
+            proto, transport = self.connect()
+            self.exchange(proto, data, pieces)
+            if data in self.factory.knownRequests:
+                found.append(label)
+        self.assertEqual([], found)
+
+    def test_pipelinedNotRemembered(self) -> None:
+        """
+        Two requests in one read are not remembered (as one, or apart).
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(get(b"/1") + get(b"/2"))
+        self.upstreams.last.succeed().respond(200, body=b"ok")
+        self.upstreams.last.succeed().respond(200, body=b"ok")
+        self.assertEqual({}, self.factory.knownRequests)
+
+    def test_newRoutesApply(self) -> None:
+        """
+        After the listener is reconfigured, a remembered request is routed
+        by the new routes.
+        """
+        proto, transport = self.connect()
+        data = get(b"/api")
+        self.exchange(proto, data)
+        otherBackend = Backend(name="z", address="10.0.1.1", port=8000,
+                               endpoint="tcp:10.0.1.1:8000")
+        other = L7Pool(
+            pool=Pool(name="api", algorithm="roundrobin", strategy=RoundRobin(),
+                      clock=self.reactor, backends=[otherBackend]),
+            upstreams=self.upstreams,
+        )
+        fresh = HTTPProxyFactory(
+            pools={"web": self.l7pool, "api": other},
+            router=Router([RouteConfig(pool="api", pathPrefix="/api")], "web"),
+            reactor=self.reactor,
+        )
+        self.factory.reconfigure(fresh)
+        conn = self.exchange(proto, data)
+        self.assertEqual("z", conn.backend.name)
+
+    def test_settingsChangedDirectly(self) -> None:
+        """
+        A remembered request made under other settings is parsed again
+        under the listener's settings now.
+        """
+        proto, transport = self.connect()
+        data = get(b"/" + b"a" * 40)
+        self.exchange(proto, data)
+        self.factory.settings = HTTPSettings(maxTargetLength=20)
+        transport.clear()
+        proto.dataReceived(data)
+        self.assertClosedWith(transport, 414)
+
+    def test_rateLimited(self) -> None:
+        """
+        A remembered request still takes from the rate limit, and is
+        refused with 429 past it.
+        """
+        table = TokenBucketTable(0.5, 1, self.reactor)
+        self.factory.rateLimit = table
+        proto, transport = self.connect()
+        self.exchange(proto, get())
+        transport.clear()
+        proto.dataReceived(get())
+        self.assertClosedWith(transport, 429)
+
+
+class KnownRequestIdleTests(ProxyTestCase):
+    """
+    A remembered request whose backend has an idle connection is sent on
+    it at once; otherwise it goes the general way.
+    """
+
+    def test_sentOnIdleConnections(self) -> None:
+        """
+        Remembered requests go to the backends in turn, on their idle
+        connections, each once, its head whole; the answers and the
+        accounting are as for any request.
+        """
+        proto, transport = self.connect()
+        data = get(b"/x")
+        proto.dataReceived(data)
+        first = self.upstreams.last.succeed()
+        first.respond(200, body=b"ok")
+        idle = {b.name: self.upstreams.keepIdle(b) for b in self.backends}
+        for _ in self.backends:
+            proto.dataReceived(data)
+            conn = self.upstreams.taken[-1]
+            self.assertEqual(1, conn.finishes)
+            self.assertEqual(b"", conn.body)
+            self.assertEqual(first.heads[0].replace(requestIdOf(first.heads[0]), b""),
+                             conn.heads[0].replace(requestIdOf(conn.heads[0]), b""))
+            conn.respond(200, body=b"ok")
+        self.assertEqual(1, len(self.upstreams.attempts))
+        self.assertEqual(["b", "c", "a"], [c.backend.name for c in self.upstreams.taken])
+        self.assertEqual(set(idle.values()), set(self.upstreams.taken))
+        self.assertEqual([200] * 4, statuses(transport.value()))
+        self.assertEqual(4, len(self.records))
+        self.assertEqual([1, 1, 1], [r["attempts"] for r in self.records[1:]])
+        self.assertEqual([0, 0, 0], [b.activeConnections for b in self.backends])
+        self.assertEqual(3, sum(b.responses[2] for b in self.backends) - 1)
+
+    def test_noIdleConnection(self) -> None:
+        """
+        Without an idle connection to the backend picked, the remembered
+        request waits for a new one.
+        """
+        proto, transport = self.connect()
+        data = get()
+        answered(self, proto, data)
+        self.upstreams.keepIdle(self.a)
+        proto.dataReceived(data)
+        self.assertEqual([], self.upstreams.taken)
+        self.assertEqual(2, len(self.upstreams.attempts))
+        self.assertEqual("b", self.upstreams.last.backend.name)
+        self.upstreams.last.succeed().respond(200, body=b"ok")
+        self.assertEqual([200, 200], statuses(transport.value()))
+
+    def test_noBackend(self) -> None:
+        """
+        With no usable backend, a remembered request gets 503.
+        """
+        proto, transport = self.connect()
+        data = get()
+        answered(self, proto, data)
+        for backend in self.backends:
+            backend.healthy = False
+        transport.clear()
+        proto.dataReceived(data)
+        self.assertEqual([503], statuses(transport.value()))
+        self.assertFalse(transport.disconnecting)
+
+    def test_stickyPoolGeneralWay(self) -> None:
+        """
+        In a pool with sticky sessions, a remembered request carrying the
+        cookie goes to the backend it names.
+        """
+        self.makeFactory(stickyCookie=b"lb")
+        token = self.l7pool.stickyToken(self.c)
+        proto, transport = self.connect()
+        data = get(headers=b"Cookie: lb=" + token + b"\r\n")
+        for backend in self.backends * 2:
+            self.upstreams.keepIdle(backend)
+        for _ in range(2):
+            proto.dataReceived(data)
+            self.upstreams.taken[-1].respond(200, body=b"ok")
+        self.assertEqual(["c", "c"], [c.backend.name for c in self.upstreams.taken])
+
+
+class ClientHeadTests(ProxyTestCase):
+    """
+    A backend head the response reader remembers comes as the same tuple
+    each time; the head txlb makes of it for the client is remembered too,
+    and is what it would have made anew.
+    """
+
+    HEADERS = (
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Content-Length", b"2"),
+    )
+
+    def answer(self, request: bytes, headers: Any) -> tuple[str, bytes]:
+        """
+        @return: the backend chosen and what a new client reads for
+            C{request} when that backend answers with C{headers} and C{ok}.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(request)
+        conn = self.upstreams.last.succeed()
+        conn.start(200, headers)
+        conn.send(b"ok")
+        conn.complete()
+        return conn.backend.name, transport.value()
+
+    def test_sameAsAnew(self) -> None:
+        """
+        For HTTP/1.1 and 1.0 clients, kept alive or not, from each backend,
+        a remembered head gives what the head as a list gives.
+        """
+        self.makeFactory(policy=ForwardingPolicy(backendHeader=True))
+        requests = [
+            get(), get(headers=b"Connection: close\r\n"),
+            get(version=b"HTTP/1.0"),
+            get(version=b"HTTP/1.0", headers=b"Connection: keep-alive\r\n"),
+        ]
+        for request in requests:
+            anew = dict(self.answer(request, list(self.HEADERS)) for _ in self.backends)
+            # Twice from each backend: made, then remembered.
+            remembered = [
+                self.answer(request, self.HEADERS) for _ in range(2 * len(self.backends))
+            ]
+            self.assertEqual(3, len(anew))
+            self.assertEqual([anew[name] for name, _ in remembered],
+                             [answer for _, answer in remembered])
+
+    def test_stickyCookieSet(self) -> None:
+        """
+        With sticky sessions, the cookie is still set on a remembered head.
+        """
+        self.makeFactory(stickyCookie=b"lb")
+        [response] = parseResponses(self.answer(get(), self.HEADERS)[1])
+        self.assertEqual(1, len(response.header(b"Set-Cookie")))
 
 
 # ------------------------------------------------------------ 100-continue

@@ -215,3 +215,124 @@ class PoolTests(SynchronousTestCase):
         self.pool.observeLatency(self.b, 0.25)
         self.assertEqual(self.b.latency, 0.25)
         self.assertEqual(self.strategy.latencies, [("b", 0.25)])
+
+
+class _Breaker:
+    """
+    A circuit breaker whose answer the test sets.
+    """
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def allows(self) -> bool:
+        return not self.open
+
+    def attempt(self) -> None:
+        pass
+
+    def succeeded(self) -> None:
+        pass
+
+    def failed(self) -> None:
+        pass
+
+
+class UsableCacheTests(SynchronousTestCase):
+    """
+    A pool keeps its usable backends between picks; whatever changes which
+    backends are usable is seen by the next pick.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.offered: list[tuple[str, ...]] = []
+        self.a, self.b, self.c = backend("a"), backend("b"), backend("c")
+        self.pool = Pool(
+            name="p", algorithm="recording", strategy=self, clock=self.clock,
+            backends=[self.a, self.b, self.c],
+        )
+
+    def choose(self, candidates, context):
+        """
+        Record the candidates, choose the first.
+        """
+        self.offered.append(tuple(b.name for b in candidates))
+        return candidates[0]
+
+    def names(self) -> tuple[str, ...]:
+        """
+        @return: the names of the backends a pick offers the strategy now.
+        """
+        self.pool.pick()
+        return self.offered[-1]
+
+    def test_eachChangeSeen(self):
+        """
+        Health, state, ejection and membership changes made between picks
+        change the next pick's candidates.
+        """
+        changes = [
+            (lambda: setattr(self.a, "healthy", False), ("b", "c")),
+            (lambda: self.a.setHealthy(True), ("a", "b", "c")),
+            (lambda: setattr(self.b, "state", AdminState.draining), ("a", "c")),
+            (lambda: setattr(self.b, "state", AdminState.active), ("a", "b", "c")),
+            (lambda: setattr(self.c, "ejected", True), ("a", "b")),
+            (lambda: setattr(self.c, "ejected", False), ("a", "b", "c")),
+            (lambda: self.pool.addBackend(backend("d")), ("a", "b", "c", "d")),
+            (lambda: self.pool.removeBackend("a"), ("b", "c", "d")),
+            (lambda: self.pool.setBackends([self.a, self.c]), ("a", "c")),
+        ]
+        self.assertEqual(("a", "b", "c"), self.names())
+        found = []
+        for i, (change, expected) in enumerate(changes):
+            change()
+            got = self.names()
+            if got != expected:
+                found.append((i, expected, got))
+        self.assertEqual([], found)
+
+    def test_removedBackendChangesNothing(self):
+        """
+        A backend no longer in the pool may change without effect on it.
+        """
+        removed = self.pool.removeBackend("b")
+        self.assertEqual(("a", "c"), self.names())
+        removed.healthy = False
+        removed.healthy = True
+        self.assertEqual(("a", "c"), self.names())
+
+    def test_connectionLimitFollowed(self):
+        """
+        Once a backend has a connection limit, every pick sees whether it
+        is full now.
+        """
+        self.assertEqual(("a", "b", "c"), self.names())
+        self.a.maxConnections = 1
+        self.a.acquire()
+        self.assertEqual(("b", "c"), self.names())
+        self.a.release()
+        self.assertEqual(("a", "b", "c"), self.names())
+        self.a.maxConnections = None
+        self.a.acquire()
+        self.assertEqual(("a", "b", "c"), self.names())
+        self.a.release()
+
+    def test_breakerFollowed(self):
+        """
+        Once a backend has a breaker, every pick asks it.
+        """
+        self.assertEqual(("a", "b", "c"), self.names())
+        breaker = _Breaker()
+        self.c.breaker = breaker
+        breaker.open = True
+        self.assertEqual(("a", "b"), self.names())
+        breaker.open = False
+        self.assertEqual(("a", "b", "c"), self.names())
+
+    def test_candidatesCannotBeChanged(self):
+        """
+        A strategy cannot change the candidates a later pick sees.
+        """
+        self.pool.pick()
+        self.assertIsInstance(self.pool._usableNow(), tuple)

@@ -23,6 +23,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from txlb.protocols import _upstreamparse
 from txlb.protocols.headers import Body
 from txlb.protocols.upstream import (
     BadResponse,
@@ -381,6 +382,136 @@ class SplitTests(SynchronousTestCase):
             self.assertEqual(exchange.names()[-1], "complete", cut)
             self.assertEqual(harness.pool.idleCount(), 0, cut)
             self.assertTrue(transport.disconnecting, cut)
+
+
+class KnownHeadTests(SynchronousTestCase):
+    """
+    A final head that arrived whole and passed every check is remembered by
+    its bytes; the same bytes again give the same events without parsing.
+    """
+
+    def setUp(self):
+        _upstreamparse._KNOWN_HEADS.clear()
+        _upstreamparse._KNOWN_HEAD_HEADS.clear()
+        self.harness = PoolHarness()
+        self.conn, self.transport = self.harness.open()
+
+    def again(self, method=b"GET"):
+        """
+        @return: the checked-out connection, after the last exchange left it
+            idle, and the exchange of a new request on it.
+        """
+        conn = self.harness.checkout()
+        self.assertIs(conn, self.conn)
+        return send(conn, method)
+
+    def test_sameEventsAgain(self):
+        """
+        The same response twice gives the same events; the second time the
+        headers are the tuple remembered the first time.
+        """
+        first = send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertIn(OK_LENGTH[:-5], _upstreamparse._KNOWN_HEADS)
+        remembered = _upstreamparse._KNOWN_HEADS[OK_LENGTH[:-5]]
+        second = self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual(first.events, second.events)
+        self.assertEqual(first.head, second.head)
+        self.assertEqual((b"hello", b"hello"), (first.body, second.body))
+        self.assertIs(remembered[4], second.head[4])
+        self.assertEqual(1, self.harness.pool.idleCount())
+
+    def test_notRemembered(self):
+        """
+        Heads cut over reads, chunked, close-delimited, interim and 101
+        heads are not remembered.
+        """
+        cases = [
+            (b"GET", [OK_LENGTH[:10], OK_LENGTH[10:]]),
+            (b"GET", [OK_CHUNKED]),
+            (b"GET", [OK_CLOSE]),
+            (b"GET", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"]),
+            (b"GET", [
+                b"HTTP/1.1 101 Switching Protocols\r\n"
+                b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            ]),
+        ]
+        for method, reads in cases:
+            harness = PoolHarness()
+            conn, transport = harness.open()
+            send(conn, method)
+            for data in reads:
+                conn.dataReceived(data)
+        self.assertEqual({}, _upstreamparse._KNOWN_HEADS)
+
+    def test_finalAfterInterimInOneRead(self):
+        """
+        A final head read whole after an interim one in the same read is
+        remembered, and gives the same events again.
+        """
+        response = b"HTTP/1.1 100 Continue\r\n\r\n" + OK_LENGTH
+        first = send(self.conn)
+        self.conn.dataReceived(response)
+        self.assertEqual([OK_LENGTH[:-5]], list(_upstreamparse._KNOWN_HEADS))
+        second = self.again()
+        self.conn.dataReceived(response)
+        self.assertEqual(first.events, second.events)
+
+    def test_headMethodApart(self):
+        """
+        A head remembered from a response to GET does not frame a response
+        to HEAD: the same bytes end with the head there.
+        """
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        send(self.conn)
+        self.conn.dataReceived(head + b"hello")
+        for _ in range(2):
+            exchange = self.again(b"HEAD")
+            self.conn.dataReceived(head)
+            self.assertEqual(["started", "complete"], exchange.names())
+            self.assertEqual(Body.NONE, exchange.head[4].body)
+        self.assertIn(head, _upstreamparse._KNOWN_HEAD_HEADS)
+        exchange = self.again()
+        self.conn.dataReceived(head + b"hello")
+        self.assertEqual(["started", "body", "complete"], exchange.names())
+
+    def test_extraBytesStillSeen(self):
+        """
+        Bytes after the body of a remembered head close the connection.
+        """
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        exchange = self.again()
+        self.conn.dataReceived(OK_LENGTH + b"\r\n")
+        self.assertEqual(["started", "body", "complete"], exchange.names())
+        self.assertEqual(0, self.harness.pool.idleCount())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_headLimitStillApplies(self):
+        """
+        A remembered head over another pool's C{maxResponseHeadSize} is
+        refused there.
+        """
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        harness = PoolHarness(maxResponseHeadSize=20)
+        conn, _ = harness.open()
+        exchange = send(conn)
+        conn.dataReceived(OK_LENGTH)
+        exchange.failure.trap(BadResponse)
+
+    def test_bounded(self):
+        """
+        The heads remembered are bounded: once full, the table starts over.
+        """
+        limit = _upstreamparse._MAX_KNOWN_HEADS
+        for i in range(limit + 1):
+            harness = PoolHarness()
+            conn, _ = harness.open()
+            send(conn)
+            conn.dataReceived(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
+        self.assertEqual(1, len(_upstreamparse._KNOWN_HEADS))
 
 
 class ReuseTests(SynchronousTestCase):
@@ -914,13 +1045,33 @@ class ResponseTimeoutTests(SynchronousTestCase):
 
     def test_timerGoneAfterResponse(self):
         """
-        No timer is left once the response is complete and pooled idle
-        connections are swept.
+        No timer is left once the response is complete, pooled idle
+        connections are swept and the response timeout has passed (the
+        timer is not cancelled when the last connection stops waiting: it
+        lapses, once, at its deadline).
         """
         send(self.conn, timeout=10)
         self.conn.dataReceived(OK_LENGTH)
         self.clock.advance(self.harness.pool.idleTimeout)
+        self.clock.advance(10)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lapsedTimerFailsNothing(self):
+        """
+        The response timer left from a request answered in time fails
+        nothing when it fires, and a request sent after it is still timed
+        from its own last write.
+        """
+        send(self.conn, timeout=10)
+        self.conn.dataReceived(OK_LENGTH)
+        self.clock.advance(3)
+        exchange = send(self.harness.checkout(), timeout=10)
+        self.clock.advance(7)
+        self.assertEqual(exchange.names(), [])
+        self.clock.advance(2.9)
+        self.assertEqual(exchange.names(), [])
+        self.clock.advance(0.1)
+        exchange.failure.trap(ResponseTimeout)
 
 
 class IdlePoolTests(SynchronousTestCase):
@@ -1421,7 +1572,10 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(exchange.head[4].upgrade, b"websocket")
         self.assertEqual(exchange.upgradedWith, (self.conn, b"\x81\x05hello"))
         self.assertEqual(self.conn.state, ConnectionState.tunnel)
+        # The response timer lapses; it fails nothing.
+        self.harness.clock.advance(5)
         self.assertEqual(self.harness.clock.getDelayedCalls(), [])
+        self.assertEqual(exchange.names(), ["started", "upgraded"])
 
     def test_withoutConnectionUpgrade(self):
         """

@@ -1,0 +1,243 @@
+"""
+The Python cost of one request through txlb's L7 proxy, system calls left out.
+
+C{l7.sh} measures the proxy whole, and on a shared machine its numbers move
+by 15% between runs.  This measures only what txlb's own code adds per
+request, with stand-in sockets, so that a change to the L7 data path
+(L{txlb.protocols.http}, L{txlb.protocols.upstream}, the header policy,
+L{txlb.pool}) can be compared run against run to a few nanoseconds.
+
+It builds the L7 listener's factory as C{twistd txlb --layer L7 --backends
+...} does (strict parsing, request counters, the default forwarding policy,
+retries and pool), on one L{txlb.reactor.HotPathReactor} in this process,
+and proxies one real keep-alive request on 127.0.0.1 to a small backend, so
+that one pooled backend connection is left idle.  Then it replaces the
+client's and that backend connection's sockets with stand-ins whose C{recv}
+returns a request (as C{wrk} sends it) or a response (as the benchmark's
+nginx backends send it) and whose C{send} takes everything at once, and
+replaces epoll with a stand-in that reports both sockets readable.  One
+request is then one read event on each side: the client's request is parsed,
+routed, given a backend and sent on the pooled connection; the response is
+parsed, checked and written back, the connection returned to the pool.
+
+Usage::
+
+    .venv/bin/python bench/l7_pathcost.py [--requests N] [--access-log PATH]
+                                          [--profile]
+
+It prints nanoseconds per request, the best of five runs, for the whole path
+from the reactor's C{doPoll} and for the two protocols' C{dataReceived}
+alone; C{--profile} prints a C{cProfile} summary of one run instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from select import EPOLLIN
+
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+
+from txlb.config import Overrides, loadConfig
+from txlb.reactor import HotPathReactor
+from txlb.service import TxlbService
+
+# What wrk sends to the benchmark's txlb-l7 target.
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:19111\r\n\r\n"
+# What the benchmark's nginx backends answer for /.
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.22.1\r\n"
+    b"Date: Sun, 22 Nov 2026 20:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 3\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n"
+    b"ok\n"
+)
+
+# Events reported by one stand-in poll: this many requests' worth.
+_BATCH = 10
+
+
+class _Backend(Protocol):
+    """
+    The backend: answers every request head with L{RESPONSE}.
+    """
+
+    buffered = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffered += data
+        while b"\r\n\r\n" in self.buffered:
+            _, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+            self.transport.write(RESPONSE)
+
+
+class _Client(Protocol):
+    """
+    The client: sends one request and keeps what comes back.
+    """
+
+    received = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(REQUEST)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class _StandInSocket:
+    """
+    A socket whose C{recv} always returns C{payload} and whose C{send} takes
+    all it is given (or records it, with C{sent}), both cheap.
+    """
+
+    def __init__(self, real, payload: bytes, bufferSize: int, sent=None) -> None:
+        self.recv = {bufferSize: payload}.get
+        if sent is None:
+            self.send = len
+        else:
+
+            def send(data: bytes) -> int:
+                sent.append(data)
+                return len(data)
+
+            self.send = send
+        self.fileno = real.fileno
+
+
+class _StandInPoller:
+    """
+    An epoll that reports the same events at every poll.
+    """
+
+    def __init__(self, events: list[tuple[int, int]]) -> None:
+        self._events = events
+
+    def poll(self, timeout: float, maxEvents: int) -> list[tuple[int, int]]:
+        return self._events
+
+
+def _proxyOneRequest(reactor: HotPathReactor, accessLog: str | None):
+    """
+    Proxy one real request on 127.0.0.1, leaving its backend connection
+    idle in the pool.
+
+    @return: the proxy's client protocol and the pooled backend connection.
+    """
+    backendPort = reactor.listenTCP(
+        0, Factory.forProtocol(_Backend), interface="127.0.0.1"
+    )
+    port = backendPort.getHost().port
+    config = loadConfig(
+        None,
+        Overrides(port=19111, backends=(("127.0.0.1", port),), layer="L7"),
+    )
+    if accessLog is not None:
+        import attrs
+
+        listener = config.listeners[0]
+        config = attrs.evolve(
+            config,
+            listeners=(
+                attrs.evolve(
+                    listener, http=attrs.evolve(listener.http, accessLog=accessLog)
+                ),
+            ),
+        )
+    service = TxlbService(config, reactor)
+    factory = service.buildHTTPFactory(config.listeners[0])
+    proxyPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _Client()
+    connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", proxyPort.getHost().port), client
+    )
+    [l7pool] = factory.pools.values()
+    upstreams = l7pool.upstreams
+    deadline = time.monotonic() + 10
+    while not (client.received.endswith(b"ok\n") and upstreams.idleCount() == 1):
+        if time.monotonic() > deadline:
+            raise SystemExit("the proxy did not answer within 10 s")
+        reactor.iterate(0.01)
+    [proto] = factory.openConnections
+    [idle] = upstreams._idle.values()
+    return proto, idle[0]
+
+
+def _best(run, requests: int) -> float:
+    """
+    @return: the fewest nanoseconds per request over five runs of C{run}.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / requests * 1e9
+
+
+def main() -> None:
+    """
+    Measure and print.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--access-log", default=None, help="log requests to this file")
+    parser.add_argument("--profile", action="store_true", help="cProfile one run")
+    parser.add_argument(
+        "--show", action="store_true", help="print what one request sends each way"
+    )
+    args = parser.parse_args()
+    requests = args.requests - args.requests % _BATCH
+    reactor = HotPathReactor()
+    proto, connection = _proxyOneRequest(reactor, args.access_log)
+    client, backend = proto.transport, connection.transport
+    realClient, realBackend = client.socket, backend.socket
+
+    if args.show:
+        toClient: list[bytes] = []
+        toBackend: list[bytes] = []
+        client.socket = _StandInSocket(realClient, REQUEST, client.bufferSize, toClient)
+        backend.socket = _StandInSocket(
+            realBackend, RESPONSE, backend.bufferSize, toBackend
+        )
+        client.doRead()
+        backend.doRead()
+        print("to the backend:", b"".join(toBackend).decode("latin-1"), sep="\n")
+        print("to the client:", b"".join(toClient).decode("latin-1"), sep="\n")
+
+    client.socket = _StandInSocket(realClient, REQUEST, client.bufferSize)
+    backend.socket = _StandInSocket(realBackend, RESPONSE, backend.bufferSize)
+    reactor._poller = _StandInPoller(
+        [(client.fileno(), EPOLLIN), (backend.fileno(), EPOLLIN)] * _BATCH
+    )
+
+    def polls() -> None:
+        doPoll = reactor.doPoll
+        for _ in range(requests // _BATCH):
+            doPoll(0)
+
+    def protocols() -> None:
+        request, response = proto.dataReceived, connection.dataReceived
+        for _ in range(requests):
+            request(REQUEST)
+            response(RESPONSE)
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(polls)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(40)
+        return
+    polls()
+    print(f"{_best(polls, requests):6.0f} ns/request  doPoll, both sides")
+    print(f"{_best(protocols, requests):6.0f} ns/request  dataReceived, both sides")
+
+
+if __name__ == "__main__":
+    main()
