@@ -235,6 +235,9 @@ class Backend:
 
     @property
     def maxConnections(self) -> int | None:
+        """
+        At most this many in flight; C{None} is unlimited.
+        """
         return self._maxConnections
 
     @maxConnections.setter
@@ -244,6 +247,9 @@ class Backend:
 
     @property
     def healthy(self) -> bool:
+        """
+        The last verdict of health checking (see L{setHealthy}).
+        """
         return self._healthy
 
     @healthy.setter
@@ -253,6 +259,9 @@ class Backend:
 
     @property
     def state(self) -> AdminState:
+        """
+        The operator's L{AdminState}.
+        """
         return self._state
 
     @state.setter
@@ -262,6 +271,9 @@ class Backend:
 
     @property
     def ejected(self) -> bool:
+        """
+        Taken out of rotation by outlier detection.
+        """
         return self._ejected
 
     @ejected.setter
@@ -271,6 +283,9 @@ class Backend:
 
     @property
     def breaker(self) -> Any:
+        """
+        The circuit breaker, or C{None}.
+        """
         return self._breaker
 
     @breaker.setter

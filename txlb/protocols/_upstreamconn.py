@@ -347,9 +347,12 @@ class UpstreamConnection(Protocol):
         if responseTimeout is not None:
             pool = self._pool
             self._timeout = responseTimeout
-            self._lastWrite = pool.reactor.seconds()
+            self._lastWrite = now = pool.reactor.seconds()
             self._timed = True
-            pool._watchResponse(self)
+            # pool._watchResponse(self), inline when its timer is due first.
+            pool._waiting[self] = None
+            if pool._responseCall is None or now + responseTimeout < pool._responseAt:
+                pool._watchResponse(self)
 
     def writeBody(self, data: bytes) -> None:
         """

@@ -230,13 +230,9 @@ class ResponseReader:
         self._method = method
         self._interim = 0
         self.framing = None
-        # L{_resetHead}, inline: this runs for every request.
+        # The rest of what L{_resetHead} resets waits for the first head
+        # read through llhttp (see L{_readHeads}); most are not.
         self._headSize = 0
-        self._headTail = b""
-        self._headDone = False
-        self._messageDone = False
-        self._reason = b""
-        self._headers = []
         self._stopped = False
         self._phase = _Phase.head
 
@@ -345,6 +341,13 @@ class ResponseReader:
         """
         Read head bytes, and what follows each head that ends in C{data}.
         """
+        if not self._headSize:
+            # A new response: what expect left to reset (see _resetHead).
+            self._headTail = b""
+            self._headDone = False
+            self._messageDone = False
+            self._reason = b""
+            self._headers = []
         while True:
             whole = False
             if self._headTail:

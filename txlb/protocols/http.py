@@ -28,6 +28,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txlb.accesslog import AccessLog
 from txlb.pool import Backend, QueueFull
 from txlb.protocols._httpparts import (
     _COALESCE,
@@ -39,6 +40,7 @@ from txlb.protocols._httpparts import (
     L7Pool,
     ProxiedRequest,
     RetryPolicy,
+    _accessLine,
     _accessRecord,
     _BadUpgrade,
     _Closing,
@@ -639,13 +641,21 @@ class HTTPProxyProtocol(Protocol):
         request.attempts = 1
         request.tried = (backend,)
         request.backend = backend
-        backend.acquire()
+        # backend.acquire(), inline.
+        backend.activeConnections += 1
+        backend.totalConnections += 1
         exchange = request.exchange = _Exchange(self, request, backend, now)
         # backendConnected, inline.
         exchange.connection = connection
+        known = request.known
+        made = self.lastHead
+        if made is not None and made[0] is known and made[1] is l7pool and made[3]:
+            # What knownHead would give, from what it made last.
+            head = b"%b%x%b" % (made[2], next(self.factory._ids), made[3])
+        else:
+            head = self.knownHead(known, l7pool)
         connection.sendRequest(
-            self.knownHead(request.known, l7pool), request.method, exchange,
-            l7pool.retry.perTryTimeout, whole=True,
+            head, request.method, exchange, l7pool.retry.perTryTimeout, whole=True,
         )
         if self.pauses and request.exchange is exchange:
             self.resumeReading("backend")
@@ -1206,7 +1216,7 @@ class HTTPProxyProtocol(Protocol):
         if factory.accessLog is not None:
             if now is None:
                 now = factory.reactor.seconds()
-            factory.accessLog(_accessRecord(request, self.peer, now))
+            self.logAccess(request, now)
         if close or self.closing:
             self.closing = True
             self.timer.clear()
@@ -1227,7 +1237,20 @@ class HTTPProxyProtocol(Protocol):
                 timeout = max(0.0, timeout - (self.reactor.seconds() - self.parsing.started))
             self.timer.set(timeout, self.headerTimedOut)
         else:
-            self.timer.set(factory.settings.idleTimeout, self.idleTimedOut, now)
+            timeout = factory.settings.idleTimeout
+            timer = self.timer
+            if (
+                now is not None
+                and timeout is not None
+                and timer.call is not None
+                and timer.at <= now + timeout
+            ):
+                # timer.set(timeout, ..., now), inline for the usual move
+                # to a later deadline, which leaves the call where it is.
+                timer.deadline = now + timeout
+                timer.action = self.idleTimedOut
+            else:
+                timer.set(timeout, self.idleTimedOut, now)
 
     def logRequest(self, request: ProxiedRequest) -> None:
         """
@@ -1238,7 +1261,18 @@ class HTTPProxyProtocol(Protocol):
         factory.bytesIn += request.headerSize + request.bodyReceived
         factory.bytesOut += request.bytesOut
         if factory.accessLog is not None:
-            factory.accessLog(_accessRecord(request, self.peer, self.reactor.seconds()))
+            self.logAccess(request, factory.reactor.seconds())
+
+    def logAccess(self, request: ProxiedRequest, now: float) -> None:
+        """
+        Write C{request}'s access-log record, answered at C{now}.
+        """
+        accessLog = self.factory.accessLog
+        if type(accessLog) is AccessLog:
+            # Serialized at once, without the dictionary.
+            accessLog.writeLine(_accessLine(request, self.peer, now))
+        else:
+            accessLog(_accessRecord(request, self.peer, now))
 
 
 class HTTPProxyFactory(_FactoryBase):

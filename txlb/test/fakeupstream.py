@@ -409,6 +409,26 @@ class FakeUpstreamConnection:
             self.send(body)
         self.complete()
 
+    def respondWhole(
+        self,
+        status: int = 200,
+        headers: Any = None,
+        body: bytes = b"",
+        version: tuple[int, int] = (1, 1),
+    ) -> None:
+        """
+        Deliver a whole response in one C{responseWhole} call, as the real
+        connection does for one read at once: its head (with a
+        C{Content-Length} for C{body} when C{headers} is not given) and its
+        body.
+        """
+        if headers is None:
+            headers = [(b"Content-Length", b"%d" % len(body))]
+        method = self.methods[-1] if self.methods else b"GET"
+        framing = validateResponseHeaders(version, status, headers, method)
+        exchange, self.exchange = self.exchange, None
+        exchange.responseWhole(version, status, b"OK", headers, framing, body)
+
     def fail(self, exception: Exception | None = None, started: bool = False) -> None:
         """
         Deliver a failure of the exchange.

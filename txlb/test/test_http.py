@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txlb.config import RouteConfig
 from txlb.limits import RetryBudget
 from txlb.pool import AdminState, Backend, Pool
-from txlb.protocols.headers import ForwardingPolicy
+from txlb.protocols.headers import ForwardingPolicy, validateResponseHeaders
 from txlb.protocols.http import (
     BODY_HIGH_WATER,
     MAX_PIPELINE,
@@ -1387,6 +1387,107 @@ class KnownRequestIdleTests(ProxyTestCase):
             proto.dataReceived(data)
             self.upstreams.taken[-1].respond(200, body=b"ok")
         self.assertEqual(["c", "c"], [c.backend.name for c in self.upstreams.taken])
+
+
+class WholeResponseTests(ProxyTestCase):
+    """
+    A response the backend connection reports whole (in one
+    C{responseWhole} call) reaches the client, and is accounted for, as
+    the same response reported in parts.
+    """
+
+    def answer(self, request: bytes, status: int, headers: Any, body: bytes,
+               whole: bool) -> tuple[bytes, Any, bool]:
+        """
+        @return: what a new client reads, the access-log record, and
+            whether its connection is closing.
+        """
+        if headers is None:
+            headers = [(b"Content-Length", b"%d" % len(body))]
+        proto, transport = self.connect()
+        proto.dataReceived(request)
+        conn = self.upstreams.last.succeed()
+        if whole:
+            conn.respondWhole(status, headers, body)
+        else:
+            conn.start(status, headers)
+            if body:
+                conn.send(body)
+            conn.complete()
+        record = dict(self.records[-1])
+        for varying in ("time", "duration", "backend"):
+            record.pop(varying)
+        return transport.value(), record, transport.disconnecting
+
+    def test_sameAsInParts(self) -> None:
+        """
+        For each kind of request and response, the client reads the same
+        bytes, the same is logged, and the connection ends the same way.
+        """
+        large = b"x" * 100_000
+        cases = [
+            (get(), 200, None, b"ok"),
+            (get(), 200, None, large),
+            (get(), 200, [(b"Content-Length", b"0")], b""),
+            (get(), 204, [], b""),
+            (get(), 304, [(b"Content-Length", b"9")], b""),
+            (get(method=b"HEAD"), 200, [(b"Content-Length", b"9")], b""),
+            (get(headers=b"Connection: close\r\n"), 200, None, b"ok"),
+            (get(version=b"HTTP/1.0"), 200, None, b"ok"),
+            (get(version=b"HTTP/1.0", headers=b"Connection: keep-alive\r\n"),
+             200, None, b"ok"),
+            (get(), 200, [(b"Content-Length", b"2"), (b"Connection", b"close")], b"ok"),
+            (get(), 503, None, b"busy"),
+        ]
+        for request, status, headers, body in cases:
+            self.assertEqual(
+                self.answer(request, status, headers, body, whole=False),
+                self.answer(request, status, headers, body, whole=True),
+                (request, status, headers),
+            )
+        self.assertEqual([0, 0, 0], [b.activeConnections for b in self.backends])
+
+    def test_stickyCookieAndBackendHeader(self) -> None:
+        """
+        The sticky cookie and C{X-Backend-Server} are added to a whole
+        response too.
+        """
+        self.makeFactory(stickyCookie=b"lb",
+                         policy=ForwardingPolicy(backendHeader=True))
+        for whole in (False, True):
+            data, _, _ = self.answer(get(), 200, None, b"ok", whole)
+            [response] = parseResponses(data)
+            self.assertEqual(1, len(response.header(b"Set-Cookie")), whole)
+            self.assertEqual(1, len(response.header(b"X-Backend-Server")), whole)
+
+    def test_beforeRequestBodyEnds(self) -> None:
+        """
+        A whole response before the request body was all read closes the
+        client connection after it and does not reuse the backend's.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"part", length=10))
+        conn = self.upstreams.last.succeed()
+        conn.respondWhole(413, None, b"too big")
+        self.assertEqual([413], statuses(transport.value()))
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(conn.aborted)
+
+    def test_abandonedExchange(self) -> None:
+        """
+        A whole response reported to an exchange its request gave up (the
+        client left) changes nothing.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(get())
+        conn = self.upstreams.last.succeed()
+        exchange = conn.exchange
+        self.lose(proto, transport)
+        headers = [(b"Content-Length", b"2")]
+        framing = validateResponseHeaders((1, 1), 200, headers, b"GET")
+        exchange.responseWhole((1, 1), 200, b"OK", headers, framing, b"ok")
+        self.assertEqual(b"", transport.value())
+        self.assertEqual([], self.records)
 
 
 class ClientHeadTests(ProxyTestCase):

@@ -384,6 +384,110 @@ class SplitTests(SynchronousTestCase):
             self.assertTrue(transport.disconnecting, cut)
 
 
+class WholeResponseTests(SynchronousTestCase):
+    """
+    A final response read whole in one read, with nothing after it, is
+    reported in one L{IExchange.responseWhole} call, after the connection
+    is pooled; any other comes in parts.
+    """
+
+    def outcome(self, method, reads, finish=True):
+        """
+        @return: whether the response came whole, its events, and the idle
+            count when the exchange heard its end.
+        """
+        harness = PoolHarness()
+        conn, _ = harness.open()
+        idle = []
+        exchange = RecordingExchange(
+            onEvent=lambda name: name == "complete"
+            and idle.append(harness.pool.idleCount())
+        )
+        send(conn, method, finish=finish, exchange=exchange)
+        for data in reads:
+            conn.dataReceived(data)
+        return exchange.whole, exchange.names(), idle
+
+    def test_whole(self):
+        """
+        Length bodies read with their heads, and responses without a body,
+        come whole; the connection is pooled before the exchange hears.
+        """
+        cases = [
+            (b"GET", OK_LENGTH, ["started", "body", "complete"]),
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+             ["started", "complete"]),
+            (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n", ["started", "complete"]),
+            (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+             ["started", "complete"]),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+             ["started", "complete"]),
+        ]
+        for method, response, events in cases:
+            # Once parsed, once remembered.
+            for _ in range(2):
+                self.assertEqual(
+                    self.outcome(method, [response]), (True, events, [1]), response
+                )
+
+    def test_inParts(self):
+        """
+        A body cut over reads, bytes after the response, chunked and
+        close-delimited bodies come in parts.
+        """
+        cases = [
+            [OK_LENGTH[:-2], OK_LENGTH[-2:]],
+            [OK_LENGTH + b"\r\n"],
+            [OK_CHUNKED],
+            [OK_CLOSE],
+        ]
+        for reads in cases:
+            for _ in range(2):
+                self.assertFalse(self.outcome(b"GET", reads)[0], reads)
+
+    def test_requestNotFinished(self):
+        """
+        A whole response to a request still being sent keeps the connection
+        out of the pool until the request is finished.
+        """
+        harness = PoolHarness()
+        conn, _ = harness.open()
+        exchange = send(conn, finish=False)
+        conn.dataReceived(OK_LENGTH)
+        self.assertTrue(exchange.whole)
+        self.assertEqual(0, harness.pool.idleCount())
+        conn.finishRequest()
+        self.assertEqual(1, harness.pool.idleCount())
+
+    def test_notKeptAlive(self):
+        """
+        A whole response that closes the connection is not pooled.
+        """
+        harness = PoolHarness()
+        conn, transport = harness.open()
+        exchange = send(conn)
+        conn.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(exchange.whole)
+        self.assertEqual(0, harness.pool.idleCount())
+        self.assertTrue(transport.disconnecting)
+
+    def test_wholeRequest(self):
+        """
+        A request sent whole needs no C{finishRequest}: its response pools
+        the connection.
+        """
+        harness = PoolHarness()
+        conn, transport = harness.open()
+        exchange = RecordingExchange()
+        conn.sendRequest(GET, b"GET", exchange, 5, whole=True)
+        self.assertEqual(GET, transport.value())
+        conn.dataReceived(OK_LENGTH)
+        self.assertEqual(["started", "body", "complete"], exchange.names())
+        self.assertEqual(1, harness.pool.idleCount())
+        conn.finishRequest()
+        self.assertEqual(1, harness.pool.idleCount())
+
+
 class KnownHeadTests(SynchronousTestCase):
     """
     A final head that arrived whole and passed every check is remembered by
