@@ -218,7 +218,7 @@ class ConnectionPoolConfig:
     @ivar idleTimeout: seconds an idle connection is kept.
     """
 
-    maxIdle: int = 32
+    maxIdle: int = 256
     idleTimeout: float = 4.0
 
 
