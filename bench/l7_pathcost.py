@@ -42,6 +42,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
 from txlb.config import Overrides, loadConfig
+from txlb.protocols.upstream import ConnectionState
 from txlb.reactor import HotPathReactor
 from txlb.service import TxlbService
 
@@ -65,16 +66,23 @@ _BATCH = 10
 
 class _Backend(Protocol):
     """
-    The backend: answers every request head with L{RESPONSE}.
+    The backend: answers every request head with L{RESPONSE}, once
+    C{factory.hold} requests are waiting (so that that many backend
+    connections are opened at first).
     """
 
     buffered = b""
 
     def dataReceived(self, data: bytes) -> None:
         self.buffered += data
+        waiting = self.factory.waiting
         while b"\r\n\r\n" in self.buffered:
             _, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
-            self.transport.write(RESPONSE)
+            waiting.append(self.transport)
+        if len(waiting) >= self.factory.hold:
+            for transport in waiting:
+                transport.write(RESPONSE)
+            waiting.clear()
 
 
 class _Client(Protocol):
@@ -123,16 +131,40 @@ class _StandInPoller:
         return self._events
 
 
-def _proxyOneRequest(reactor: HotPathReactor, accessLog: str | None):
+class _AlternatingPoller:
     """
-    Proxy one real request on 127.0.0.1, leaving its backend connection
-    idle in the pool.
+    An epoll that reports every client readable, then every backend
+    connection that waits for a response, and so on.
+    """
 
-    @return: the proxy's client protocol and the pooled backend connection.
+    def __init__(self, clients: list[int], connections: list) -> None:
+        self._clients = [(fd, EPOLLIN) for fd in clients]
+        self._connections = connections
+        self._turn = 0
+
+    def poll(self, timeout: float, maxEvents: int) -> list[tuple[int, int]]:
+        self._turn ^= 1
+        if self._turn:
+            return self._clients
+        return [
+            (c.transport.fileno(), EPOLLIN)
+            for c in self._connections
+            if c.state is ConnectionState.waiting
+        ]
+
+
+def _proxyRequests(reactor: HotPathReactor, accessLog: str | None, count: int):
     """
-    backendPort = reactor.listenTCP(
-        0, Factory.forProtocol(_Backend), interface="127.0.0.1"
-    )
+    Proxy C{count} real requests at once on 127.0.0.1, from as many
+    clients, leaving as many backend connections idle in the pool.
+
+    @return: the proxy's client protocols and the pooled backend
+        connections.
+    """
+    backendFactory = Factory.forProtocol(_Backend)
+    backendFactory.hold = count
+    backendFactory.waiting = []
+    backendPort = reactor.listenTCP(0, backendFactory, interface="127.0.0.1")
     port = backendPort.getHost().port
     config = loadConfig(
         None,
@@ -153,20 +185,52 @@ def _proxyOneRequest(reactor: HotPathReactor, accessLog: str | None):
     service = TxlbService(config, reactor)
     factory = service.buildHTTPFactory(config.listeners[0])
     proxyPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    client = _Client()
-    connectProtocol(
-        TCP4ClientEndpoint(reactor, "127.0.0.1", proxyPort.getHost().port), client
-    )
+    clients = [_Client() for _ in range(count)]
+    for client in clients:
+        connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", proxyPort.getHost().port), client
+        )
     [l7pool] = factory.pools.values()
     upstreams = l7pool.upstreams
     deadline = time.monotonic() + 10
-    while not (client.received.endswith(b"ok\n") and upstreams.idleCount() == 1):
+    while not (
+        all(client.received.endswith(b"ok\n") for client in clients)
+        and upstreams.idleCount() == count
+    ):
         if time.monotonic() > deadline:
             raise SystemExit("the proxy did not answer within 10 s")
         reactor.iterate(0.01)
-    [proto] = factory.openConnections
     [idle] = upstreams._idle.values()
-    return proto, idle[0]
+    return list(factory.openConnections), list(idle)
+
+
+def _measureMany(reactor: HotPathReactor, protos: list, connections: list,
+                 requests: int) -> None:
+    """
+    Measure and print, with one request in flight on each client connection.
+    """
+    count = len(protos)
+    for proto in protos:
+        transport = proto.transport
+        transport.socket = _StandInSocket(transport.socket, REQUEST, transport.bufferSize)
+    for connection in connections:
+        transport = connection.transport
+        transport.socket = _StandInSocket(transport.socket, RESPONSE, transport.bufferSize)
+    poller = reactor._poller = _AlternatingPoller(
+        [proto.transport.fileno() for proto in protos], connections
+    )
+    rounds = max(1, requests // count)
+
+    def polls() -> None:
+        doPoll = reactor.doPoll
+        for _ in range(rounds):
+            doPoll(0)
+            doPoll(0)
+
+    polls()
+    print(f"{_best(polls, rounds * count):6.0f} ns/request  doPoll, both sides, "
+          f"{count} connections")
+    del poller
 
 
 def _best(run, requests: int) -> float:
@@ -192,10 +256,19 @@ def main() -> None:
     parser.add_argument(
         "--show", action="store_true", help="print what one request sends each way"
     )
+    parser.add_argument(
+        "--connections", type=int, default=1,
+        help="client (and backend) connections, each with its own request in "
+        "flight: more objects for the caches to hold, as under load",
+    )
     args = parser.parse_args()
     requests = args.requests - args.requests % _BATCH
     reactor = HotPathReactor()
-    proto, connection = _proxyOneRequest(reactor, args.access_log)
+    protos, connections = _proxyRequests(reactor, args.access_log, args.connections)
+    if args.connections > 1:
+        _measureMany(reactor, protos, connections, args.requests)
+        return
+    [proto], [connection] = protos, connections
     client, backend = proto.transport, connection.transport
     realClient, realBackend = client.socket, backend.socket
 

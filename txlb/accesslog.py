@@ -26,6 +26,10 @@ FLUSH_INTERVAL = 1.0
 #: The bytes of buffer of a log with a clock.
 BUFFER_SIZE = 64 * 1024
 
+# Not a class attribute: a Logger read through an instance takes the class's
+# name as its namespace, whatever it was made with.
+_log = Logger(namespace="txlb.access")
+
 
 class AccessLog:
     """
@@ -33,8 +37,6 @@ class AccessLog:
 
     @ivar path: the file, or C{"-"} for txlb's log.
     """
-
-    _log = Logger(namespace="txlb.access")
 
     def __init__(self, path: str, opener: Any = open, clock: Any = None) -> None:
         """
@@ -86,7 +88,7 @@ class AccessLog:
         line end.
         """
         if self._file is None:
-            self._log.info("{line}", line=line)
+            _log.info("{line}", line=line)
             return
         self._file.write(line + "\n")
         if self._clock is not None and self._flushCall is None:

@@ -12,6 +12,13 @@ backpressure in bounded memory.
 Pipelined requests are parsed as they arrive and answered in order: only the
 head of the queue is proxied; the others wait with their bodies buffered up
 to a bound, beyond which the client is not read.
+
+Most requests a listener sees are the same few plain heads over and over.
+A read that is exactly one whole head it has parsed, checked and routed
+before, at a message boundary, is that request again (L{_KnownRequest}): it
+is queued without being parsed, and, on an idle backend connection, sent
+at once (L{HTTPProxyProtocol.sendKnown}).  The backend side does the same
+for response heads (L{txlb.protocols._upstreamparse}).
 """
 
 from __future__ import annotations

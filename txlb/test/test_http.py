@@ -16,6 +16,7 @@ each by its label.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Any, Callable, Iterable
 
@@ -26,6 +27,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from txlb.accesslog import AccessLog
 from txlb.config import RouteConfig
 from txlb.limits import RetryBudget
 from txlb.pool import AdminState, Backend, Pool
@@ -2310,6 +2312,44 @@ class AccessLogTests(ProxyTestCase):
             [(r["target"], r["status"], r["backend"]) for r in self.records],
         )
         self.assertEqual(3, self.factory.counters["requests"])
+
+    def test_fileLinesMatchRecords(self) -> None:
+        """
+        An L{AccessLog} file gets, for each request, a line of JSON with
+        the fields and values of the record any other access log gets
+        (targets that JSON must escape, and a refused request without pool
+        or backend, included).
+        """
+        path = self.mktemp()
+        fileLog = AccessLog(path)
+        self.addCleanup(fileLog.close)
+        requests = [
+            get(b"/plain"),
+            get(b'/q?a="b"&c=\\d'),
+            get(b"/a{b}|'c'"),
+            get(b"/bad", host=None),
+        ]
+        for accessLog in (self.records.append, fileLog):
+            self.makeFactory()
+            self.factory.accessLog = accessLog
+            proto, transport = self.connect()
+            for request in requests[:-1]:
+                self.reactor.advance(0.25)
+                proto.dataReceived(request)
+                self.reactor.advance(0.125)
+                self.upstreams.last.succeed().respond(200, body=b"ok")
+            proto.dataReceived(requests[-1])
+            self.lose(proto, transport)
+        with open(path, encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f.read().splitlines()]
+        records = self.records
+        self.assertEqual(len(records), len(lines))
+        for record, line in zip(records, lines, strict=True):
+            self.assertLess(abs(record.pop("time") - line.pop("time")), 5)
+            self.assertEqual(list(record), list(line))
+            self.assertEqual(record, line)
+        found = [r["target"] for r in records]
+        self.assertEqual(["/plain", '/q?a="b"&c=\\d', "/a{b}|'c'", "/bad"], found)
 
     def test_bytesOutChunked(self) -> None:
         """
