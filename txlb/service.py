@@ -549,7 +549,7 @@ class TxlbService(Lifecycle, MultiService):
         accessLog = None
         if http.accessLog is not None:
             try:
-                accessLog = AccessLog(http.accessLog)
+                accessLog = AccessLog(http.accessLog, clock=self.reactor)
             except OSError as e:
                 raise StartupError(
                     f"{where}: access_log: cannot open {http.accessLog}: {e.strerror or e}"
