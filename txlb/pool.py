@@ -755,16 +755,18 @@ class Pool:
         self, clientAddress: Any, chosen: Backend | None,
         candidates: Sequence[Backend], reason: str,
     ) -> None:
+        # Positional arguments and a list: one pick in DECISION_SAMPLE pays
+        # for this, and keywords and a generator cost half as much again.
         self.decisions.append(
             Decision(
-                at=self.clock.seconds(),
-                client=getattr(clientAddress, "host", None),
-                chosen=chosen.name if chosen is not None else None,
-                candidates=tuple(
+                self.clock.seconds(),
+                getattr(clientAddress, "host", None),
+                chosen.name if chosen is not None else None,
+                tuple([
                     (b.name, b.activeConnections, float(b.weight), b.latency)
                     for b in candidates
-                ),
-                reason=reason,
+                ]),
+                reason,
             )
         )
 

@@ -74,8 +74,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Client heads an L7Pool remembers (see L7Pool.clientHead).
 _MAX_CLIENT_HEADS = 256
 
-# Whole request heads a listener remembers (see _FactoryBase.rememberRequest).
+# Whole request heads a listener remembers (see _FactoryBase.rememberRequest),
+# and the longest it remembers: at most 1 MiB of them.
 _MAX_KNOWN_REQUESTS = 256
+_MAX_KNOWN_REQUEST_SIZE = 4096
 
 
 
@@ -262,11 +264,13 @@ class _FactoryBase(ServerFactory):
         whole read that started at a message boundary and held nothing
         else: remember it, if it is plain enough that the same bytes will
         always be the same request (an HTTP/1.1 keep-alive request that
-        asks for nothing special of the connection).
+        asks for nothing special of the connection) and at most
+        C{_MAX_KNOWN_REQUEST_SIZE} bytes.
         """
         framing = request.framing
         if (
-            request.version != (1, 1)
+            len(data) > _MAX_KNOWN_REQUEST_SIZE
+            or request.version != (1, 1)
             or framing is None
             or not framing.keepAlive
             or framing.upgrade is not None

@@ -81,6 +81,9 @@ _Known = tuple[tuple[int, int], int, bytes, tuple[tuple[bytes, bytes], ...],
 _KNOWN_HEADS: dict[bytes, _Known] = {}
 _KNOWN_HEAD_HEADS: dict[bytes, _Known] = {}
 _MAX_KNOWN_HEADS = 512
+# Longer heads are not remembered: the tables stay small (a few MiB at most)
+# and heads that long seldom repeat.
+_MAX_KNOWN_HEAD_SIZE = 4096
 
 
 class ResponseSink(TypingProtocol):
@@ -433,8 +436,11 @@ class ResponseReader:
             # llhttp still expects a body it will not be fed (HEAD, or a
             # length or close-delimited body counted here): start afresh.
             self._parser = None
-        if head is not None and status != 101 and (
-            body is Body.LENGTH or body is Body.NONE
+        if (
+            head is not None
+            and status != 101
+            and (body is Body.LENGTH or body is Body.NONE)
+            and len(head) <= _MAX_KNOWN_HEAD_SIZE
         ):
             known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
             if len(known) >= _MAX_KNOWN_HEADS:

@@ -1238,6 +1238,7 @@ class KnownRequestTests(ProxyTestCase):
             ("h2c upgrade", get(headers=b"Connection: upgrade\r\nUpgrade: h2c\r\n"), 1),
             ("expect", get(headers=b"Expect: 100-continue\r\n"), 1),
             ("two reads", get(), 2),
+            ("over 4 KiB", get(headers=b"X-Big: %s\r\n" % (b"b" * 4096,)), 1),
         ]
         found = []
         for label, data, pieces in cases:

@@ -528,11 +528,13 @@ class KnownHeadTests(SynchronousTestCase):
 
     def test_notRemembered(self):
         """
-        Heads cut over reads, chunked, close-delimited, interim and 101
-        heads are not remembered.
+        Heads cut over reads, over 4 KiB, chunked, close-delimited,
+        interim and 101 heads are not remembered.
         """
         cases = [
             (b"GET", [OK_LENGTH[:10], OK_LENGTH[10:]]),
+            (b"GET", [b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 0\r\n\r\n"
+                      % (b"b" * 4096,)]),
             (b"GET", [OK_CHUNKED]),
             (b"GET", [OK_CLOSE]),
             (b"GET", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"]),
