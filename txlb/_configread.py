@@ -48,6 +48,7 @@ from txlb._configvalues import (
     ServerConfig,
     TimeoutsConfig,
     clientEndpointString,
+    defaultServerName,
     serverEndpointString,
 )
 from txlb.interfaces import IStrategyFactory
@@ -338,9 +339,7 @@ def _readServer(r: _Reader, connectTimeout: float) -> ServerConfig:
         endpoint = clientEndpointString(address, port, connectTimeout)
     name = r.string("name")
     if name is None:
-        name = f"[{address}]:{port}" if address and ":" in address else (
-            f"{address}:{port}" if address is not None else endpoint
-        )
+        name = defaultServerName(address, port, endpoint)
     weight = r.integer("weight", 1, low=1, high=MAX_WEIGHT)
     maxConnections = r.integer("max_connections", low=1)
     r.finish(_SERVER_KEYS)

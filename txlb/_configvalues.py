@@ -347,6 +347,18 @@ def _hostForEndpoint(host: str) -> tuple[str, str]:
     return "tcp", host
 
 
+def defaultServerName(address: str | None, port: int | None, endpoint: str) -> str:
+    """
+    A server's name when none is given: C{address:port} (C{[v6]:port}),
+    or its endpoint string.
+    """
+    if address is None:
+        return endpoint
+    if ":" in address:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
+
+
 def clientEndpointString(host: str, port: int, timeout: float | None = None) -> str:
     """
     A Twisted client endpoint string for C{host}:C{port}.

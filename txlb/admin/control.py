@@ -61,6 +61,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from txlb._configvalues import defaultServerName
 from txlb.config import MAX_WEIGHT, ServerConfig, clientEndpointString
 from txlb.plugin import StrategyLookupError, findStrategy
 from txlb.pool import AdminState, Backend, Pool
@@ -458,12 +459,7 @@ def addServer(
         endpoint = clientEndpointString(address, port, poolConfig.timeouts.connect)
         where = "address"
     if name is None:
-        if address is None:
-            name = endpoint
-        elif ":" in address:
-            name = f"[{address}]:{port}"
-        else:
-            name = f"{address}:{port}"
+        name = defaultServerName(address, port, endpoint)
     else:
         name = _checkName(name)
     weight = checkInteger("weight", weight, 1, MAX_WEIGHT)
