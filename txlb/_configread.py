@@ -202,7 +202,7 @@ class _Reader:
 # Keys each table accepts, so that "did you mean" can suggest keys that were
 # absent from the file (and therefore never read).
 _SERVER_KEYS = ("name", "address", "port", "endpoint", "weight", "max_connections")
-_TIMEOUT_KEYS = ("connect", "idle", "response", "header")
+_TIMEOUT_KEYS = ("connect", "idle", "response", "header", "body")
 _HEALTH_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "path", "host",
     "expected_status", "jitter",

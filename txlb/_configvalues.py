@@ -54,12 +54,15 @@ class TimeoutsConfig:
     @ivar idle: an L4 connection (or idle L7 keep-alive) with no traffic.
     @ivar response: L7, from request sent to response headers.
     @ivar header: L7, for the client to send a whole request header block.
+    @ivar body: L7, the longest a client may pause while sending a request
+        body.
     """
 
     connect: float = 5.0
     idle: float | None = 600.0
     response: float | None = 60.0
     header: float | None = 10.0
+    body: float | None = 60.0
 
 
 @attrs.frozen

@@ -564,6 +564,7 @@ class TxlbService(Lifecycle, MultiService):
                 maxTargetLength=http.maxTargetLength,
                 maxBodySize=http.maxBodySize,
                 headerTimeout=timeouts.header,
+                bodyTimeout=timeouts.body,
                 idleTimeout=http.keepaliveTimeout,
             ),
             maxConnections=listener.maxConnections,

@@ -50,6 +50,7 @@ DROP_REASONS = (
     "no_backend",
     "rejected",
     "header_timeout",
+    "body_timeout",
 )
 
 #: Values of the C{result} label of C{txlb_health_checks_total}.
@@ -117,8 +118,8 @@ def droppedByReason(txlb: Any) -> dict[str, int]:
       - C{shed}: the listeners' connection limits;
       - C{rate_limit}: L7 C{counters["rate_limited"]}, or an L4 factory's
         C{rateLimited};
-      - C{rejected} (malformed or over a limit) and C{header_timeout}: L7
-        counters.
+      - C{rejected} (malformed or over a limit), C{header_timeout} and
+        C{body_timeout}: L7 counters.
 
     @param txlb: a L{txlb.service.TxlbService}.
     @return: a count for each of L{DROP_REASONS}.
@@ -132,6 +133,7 @@ def droppedByReason(txlb: Any) -> dict[str, int]:
                 dropped["no_backend"] += counters["no_backend"]
                 dropped["rejected"] += counters["rejected"]
                 dropped["header_timeout"] += counters["header_timeout"]
+                dropped["body_timeout"] += counters["body_timeout"]
             else:
                 dropped["rate_limit"] += getattr(factory, "rateLimited", 0)
                 dropped["no_backend"] += getattr(factory, "noBackend", 0)

@@ -255,7 +255,7 @@ def stats(txlb: Any) -> dict[str, Any]:
                 counters[k]
                 for k in (
                     "rejected", "no_backend", "rate_limited", "queue_full",
-                    "queue_timeout", "header_timeout",
+                    "queue_timeout", "header_timeout", "body_timeout",
                 )
             )
             clientFailed += failed + service.limit.shed

@@ -26,6 +26,7 @@ from txlb.limits import ConnectionLimit, RetryBudget
 from txlb.pool import Backend, Pool
 from txlb.protocols.framing import _validHost
 from txlb.protocols.headers import (
+    _RESPONSE_DROP,
     ForwardingPolicy,
     RequestFraming,
     ResponseFraming,
@@ -93,6 +94,9 @@ class HTTPSettings:
     @ivar headerTimeout: seconds for a whole request head to arrive, else
         408 and close (from the connection's start, or the request's first
         byte on a kept-alive connection).
+    @ivar bodyTimeout: the longest a client may pause while sending a
+        request body (while txlb reads it), else 408 and close; C{None}: no
+        limit.
     @ivar idleTimeout: seconds a kept-alive connection may wait for its
         next request.
     @ivar scheme: C{b"http"} or C{b"https"}, for X-Forwarded-Proto.
@@ -102,6 +106,7 @@ class HTTPSettings:
     maxTargetLength: int = 8192
     maxBodySize: int | None = None
     headerTimeout: float | None = 10.0
+    bodyTimeout: float | None = 60.0
     idleTimeout: float | None = 60.0
     scheme: bytes = b"http"
 
@@ -601,7 +606,7 @@ class _Exchange:
 
     __slots__ = (
         "proto", "request", "backend", "connection", "connecting", "started",
-        "responded", "released",
+        "responded", "released", "deadlineCall",
     )
 
     def __init__(self, proto: HTTPProxyProtocol, request: ProxiedRequest,
@@ -617,6 +622,8 @@ class _Exchange:
         self.started = started
         self.responded = False
         self.released = False
+        # Cuts the connect when the request's time across tries runs out.
+        self.deadlineCall: Any = None
 
     @property
     def current(self) -> bool:
@@ -698,6 +705,20 @@ def _errorResponse(
 # Joins one (name, value) pair into a header line; mapped over a block, it
 # serializes the block in C.
 _headerLine = b": ".join
+
+
+def _interimHeaders(headers: Any) -> list[tuple[bytes, bytes]]:
+    """
+    What txlb passes on of an interim (1xx) response's headers: as for a
+    final response, no hop-by-hop or framing header, and none that its
+    C{Connection} names.
+    """
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    drop = _RESPONSE_DROP | named
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def _statusHead(status: int, reason: bytes, headers: Any) -> bytes:

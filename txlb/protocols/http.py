@@ -59,6 +59,7 @@ from txlb.protocols._httpparts import (
     _FactoryBase,
     _frameBody,
     _hashKey,
+    _interimHeaders,
     _KnownRequest,
     _originForm,
     _parserReason,
@@ -139,6 +140,8 @@ class HTTPProxyProtocol(Protocol):
         self.peerAddress: Any = None
         self.client: ClientInfo | None = None
         self.bodyHeld = 0
+        # The timer is the body deadline of the request being parsed.
+        self.bodyWatch = False
         # The read being parsed, when a request starts with it.
         self.wholeRead: bytes | None = None
         # What knownHead made last.
@@ -238,6 +241,34 @@ class HTTPProxyProtocol(Protocol):
         self.transport.write(_errorResponse(408, "request header timeout", True))
         self.transport.loseConnection()
 
+    def watchBody(self) -> None:
+        """
+        The body of the request being parsed is due: start its deadline.
+        """
+        timeout = self.factory.settings.bodyTimeout
+        if timeout is not None:
+            self.bodyWatch = True
+            self.timer.set(timeout, self.bodyTimedOut)
+
+    def bodyTimedOut(self) -> None:
+        """
+        The client paused longer than C{bodyTimeout} while sending a request
+        body: refuse it with 408 (or cut the connection when its response
+        has started) and close.  Time during which txlb itself held reading
+        back does not count.
+        """
+        request = self.parsing
+        if not self.bodyWatch or request is None or self.closing or self.ignoreInput:
+            self.bodyWatch = False
+            return
+        timeout = self.factory.settings.bodyTimeout
+        if self.pauses and timeout is not None:
+            # txlb is not reading: the client cannot be late.
+            self.timer.set(timeout, self.bodyTimedOut)
+            return
+        self.bodyWatch = False
+        self.rejectParsing(408, "request body timeout", counter="body_timeout")
+
     def closeIfIdle(self) -> None:
         """
         Close now if no request is in flight or arriving (a kept-alive
@@ -272,6 +303,10 @@ class HTTPProxyProtocol(Protocol):
             self.pauses.discard(reason)
             if not self.pauses and not self.closing:
                 self.transport.resumeProducing()
+                if self.bodyWatch:
+                    # The client's pause starts now.
+                    timer = self.timer
+                    timer.set(self.factory.settings.bodyTimeout, self.bodyTimedOut)
 
     # ---------------------------------------------------------------- input
 
@@ -393,15 +428,18 @@ class HTTPProxyProtocol(Protocol):
             self.rejectParsing(431, "request header block too large")
 
     def rejectParsing(self, status: int, reason: str,
-                      headers: tuple[bytes, ...] = ()) -> None:
+                      headers: tuple[bytes, ...] = (), counter: str = "rejected") -> None:
         """
         The request being parsed is refused: once the requests before it
         are answered, answer C{status} and close.  Nothing more is read.
+
+        @param counter: the listener counter that counts the refusal.
         """
         request = self.parsing or ProxiedRequest()
         self.parsing = None
+        self.bodyWatch = False
         request.error = _Reject(status, reason, headers)
-        self.factory.counters["rejected"] += 1
+        self.factory.counters[counter] += 1
         self.ignoreInput = True
         self.pauseReading("rejected")
         if request.framing is None:
@@ -517,6 +555,8 @@ class HTTPProxyProtocol(Protocol):
             request.local = target
             if not framing.chunked and not framing.contentLength:
                 request.bodyDone = True
+            elif not framing.expectContinue:
+                self.watchBody()
             queue.append(request)
             if len(queue) == 1:
                 self.dispatch()
@@ -529,6 +569,8 @@ class HTTPProxyProtocol(Protocol):
         if not framing.chunked and not framing.contentLength:
             # No body (RequestFraming.body is Body.NONE, without the call).
             request.bodyDone = True
+        elif not framing.expectContinue:
+            self.watchBody()
         queue.append(request)
         if len(queue) > MAX_PIPELINE:
             self.pauseReading("pipeline")
@@ -539,9 +581,16 @@ class HTTPProxyProtocol(Protocol):
     def on_body(self, data: bytes) -> None:
         request = self.parsing
         request.bodyReceived += len(data)
-        maxBody = self.factory.settings.maxBodySize
+        settings = self.factory.settings
+        maxBody = settings.maxBodySize
         if maxBody is not None and request.bodyReceived > maxBody:
             raise _Reject(413, "request body too large")
+        if self.bodyWatch:
+            # Moved later in place: the timer looks again when it fires.
+            self.timer.deadline = self.reactor.seconds() + settings.bodyTimeout
+        elif settings.bodyTimeout is not None:
+            # A body sent before (or without) the 100 Continue it expected.
+            self.watchBody()
         exchange = request.exchange
         if exchange is not None and exchange.connection is not None and not request.body:
             exchange.connection.writeBody(_frameBody(request, data))
@@ -571,6 +620,9 @@ class HTTPProxyProtocol(Protocol):
                 self.factory.rememberRequest(data, request)
             return
         request.bodyDone = True
+        if self.bodyWatch:
+            self.bodyWatch = False
+            self.timer.clear()
         exchange = request.exchange
         if exchange is not None and exchange.connection is not None and not request.body:
             self.finishRequestBody(request, exchange.connection)
@@ -661,8 +713,11 @@ class HTTPProxyProtocol(Protocol):
             head = b"%b%x%b" % (made[2], next(self.factory._ids), made[3])
         else:
             head = self.knownHead(known, l7pool)
+        retry = l7pool.retry
         connection.sendRequest(
-            head, request.method, exchange, l7pool.retry.perTryTimeout, whole=True,
+            head, request.method, exchange,
+            retry.perTryTimeout if retry.timeout is None else self.tryTimeout(request, now),
+            whole=True,
         )
         if self.pauses and request.exchange is exchange:
             self.resumeReading("backend")
@@ -741,12 +796,38 @@ class HTTPProxyProtocol(Protocol):
         else:
             d = upstreams.connect(backend, fresh=True)
         exchange.connecting = d
+        timeout = l7pool.retry.timeout
+        if timeout is not None:
+            # The connect may not outlast the request's time across tries.
+            left = max(0.0, timeout - (exchange.started - request.started))
+            exchange.deadlineCall = self.reactor.callLater(left, self.connectTooLate, exchange)
         d.addCallbacks(self.backendConnected, self.connectFailed,
                        callbackArgs=(exchange,), errbackArgs=(exchange,))
+
+    def connectTooLate(self, exchange: _Exchange) -> None:
+        """
+        The request ran out of time across its tries while C{exchange} was
+        still connecting: give the connect up, answer 504.
+        """
+        exchange.deadlineCall = None
+        connecting, exchange.connecting = exchange.connecting, None
+        request = exchange.request
+        if request.exchange is not exchange:
+            return
+        request.exchange = None
+        self.endAttempt(exchange, request)
+        if connecting is not None:
+            # Its errback finds the attempt over, and does nothing more.
+            connecting.cancel()
+        self.factory.counters["deadline"] += 1
+        self.answerError(request, 504, "request timeout across tries", not request.bodyDone)
 
     def backendConnected(self, connection: UpstreamConnection,
                          exchange: _Exchange) -> None:
         exchange.connecting = None
+        if exchange.deadlineCall is not None:
+            exchange.deadlineCall.cancel()
+            exchange.deadlineCall = None
         request = exchange.request
         if request.exchange is not exchange:
             connection.abort()
@@ -759,7 +840,7 @@ class HTTPProxyProtocol(Protocol):
             # is the whole request.
             connection.sendRequest(
                 self.knownHead(known, l7pool), known.method, exchange,
-                l7pool.retry.perTryTimeout, whole=True,
+                self.tryTimeout(request), whole=True,
             )
             if self.pauses and request.exchange is exchange:
                 self.resumeReading("backend")
@@ -773,13 +854,17 @@ class HTTPProxyProtocol(Protocol):
             sendFraming = attrs.evolve(framing, expectContinue=False)
             if not request.bodyDone and not request.body:
                 self.transport.write(_CONTINUE)
+                if request is self.parsing:
+                    # The client was told to send its body: from now on it
+                    # may not pause longer than the body timeout.
+                    self.watchBody()
         method = request.method
         headers = forwardRequestHeaders(
             request.headers, sendFraming, l7pool.policy, self.client,
             requestId=self.factory.newRequestId(),
         )
         connection.sendRequest(_requestHead(method, request.target, headers),
-                               method, exchange, l7pool.retry.perTryTimeout)
+                               method, exchange, self.tryTimeout(request))
         if request.exchange is not exchange:
             # It failed inside sendRequest (a pooled connection found
             # closed), and that was handled: maybe a retry is on its way.
@@ -848,6 +933,9 @@ class HTTPProxyProtocol(Protocol):
 
     def connectFailed(self, reason: Failure, exchange: _Exchange) -> None:
         exchange.connecting = None
+        if exchange.deadlineCall is not None:
+            exchange.deadlineCall.cancel()
+            exchange.deadlineCall = None
         if not exchange.current:
             return
         request = exchange.request
@@ -866,6 +954,23 @@ class HTTPProxyProtocol(Protocol):
             return
         request.exchange = None
         self.answerError(request, 502, "backend connection failed", not request.bodyDone)
+
+    def tryTimeout(self, request: ProxiedRequest, now: float | None = None) -> float | None:
+        """
+        How long the backend may take to start its response to this try:
+        the pool's per-try timeout, cut to what is left of the request's
+        time across tries.
+
+        @param now: C{reactor.seconds()}, when the caller just read it.
+        """
+        retry = request.l7pool.retry
+        perTry = retry.perTryTimeout
+        if retry.timeout is None:
+            return perTry
+        if now is None:
+            now = self.reactor.seconds()
+        left = max(0.0, retry.timeout - (now - request.started))
+        return left if perTry is None or left < perTry else perTry
 
     def withinDeadline(self, request: ProxiedRequest) -> bool:
         """
@@ -886,7 +991,7 @@ class HTTPProxyProtocol(Protocol):
             return
         if status == 100 and request.framing is not None and request.framing.expectContinue:
             return
-        self.transport.write(_statusHead(status, reason, headers))
+        self.transport.write(_statusHead(status, reason, _interimHeaders(headers)))
 
     def responseStarted(self, exchange: _Exchange, status: int, reason: bytes,
                         headers: Any, framing: ResponseFraming) -> None:
@@ -1289,7 +1394,7 @@ class HTTPProxyFactory(_FactoryBase):
     @ivar pools: L{L7Pool} by pool name.
     @ivar router: chooses a pool for each request.
     @ivar counters: request counters by name (requests, rejected,
-        no_backend, retries, header_timeout).
+        no_backend, retries, header_timeout, body_timeout, deadline).
     @ivar stopping: set while shutting down: responses carry
         C{Connection: close}.
     """

@@ -382,7 +382,8 @@ class MetricsTests(SynchronousTestCase):
         web = factoryOf(self.service, "web")
         tcp = factoryOf(self.service, "tcp")
         web.counters.update(
-            rate_limited=1, rejected=2, header_timeout=3, no_backend=4, queue_full=50
+            rate_limited=1, rejected=2, header_timeout=3, no_backend=4, queue_full=50,
+            body_timeout=7,
         )
         self.app.dropped["no_backend"] += 4
         self.app.noBackend = 40
@@ -404,6 +405,7 @@ class MetricsTests(SynchronousTestCase):
                 "no_backend": 4 + 6 + 1,
                 "rejected": 2,
                 "header_timeout": 3,
+                "body_timeout": 7,
             },
         )
 

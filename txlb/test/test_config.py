@@ -1055,7 +1055,7 @@ class UnknownKeyTests(ConfigTestMixin, SynchronousTestCase):
                 ),
                 (
                     "[timeouts]\nzzz = 1\n" + SERVER,
-                    "timeouts.zzz: unknown key; known keys here: connect, header, idle, response",
+                    "timeouts.zzz: unknown key; known keys here: body, connect, header, idle, response",
                 ),
                 (
                     POOL
@@ -1646,13 +1646,18 @@ class BadValueTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_timeoutsDisabled(self) -> None:
         """
-        C{false} disables the idle, response and header timeouts.
+        C{false} disables the idle, response, header and body timeouts.
         """
-        c = parse("[timeouts]\nidle = false\nresponse = false\nheader = false\n" + SERVER)
+        c = parse(
+            "[timeouts]\nidle = false\nresponse = false\nheader = false\nbody = false\n"
+            + SERVER
+        )
         self.assertEqual(
             c.pools[0].timeouts,
-            TimeoutsConfig(connect=5.0, idle=None, response=None, header=None),
+            TimeoutsConfig(connect=5.0, idle=None, response=None, header=None, body=None),
         )
+        c = parse("[timeouts]\nbody = 12.5\n" + SERVER)
+        self.assertEqual(12.5, c.pools[0].timeouts.body)
 
     def test_errorAttributes(self) -> None:
         """

@@ -1747,18 +1747,38 @@ class FailureTests(ProxyTestCase):
         self.assertEqual([502], statuses(transport.value()))
         self.assertEqual(0, self.factory.counters["no_backend"])
 
-    def test_connectFailureAfterDeadline(self) -> None:
+    def test_connectCutAtDeadline(self) -> None:
         """
-        Past the retry policy's overall timeout, a failed connect is not
-        retried: 502.
+        A connect still pending when the retry policy's overall timeout
+        runs out is given up: 504, no other backend is tried.
         """
         self.makeFactory(retry=RetryPolicy(attempts=3, timeout=5.0))
         proto, transport = self.connect()
         proto.dataReceived(get())
-        self.reactor.advance(5)
-        self.upstreams.last.fail()
+        self.reactor.advance(4.9)
+        self.assertEqual(b"", transport.value())
+        self.reactor.advance(0.1)
+        self.assertTrue(self.upstreams.last.cancelled)
         self.assertEqual(1, len(self.upstreams.attempts))
-        self.assertEqual([502], statuses(transport.value()))
+        self.assertEqual([504], statuses(transport.value()))
+        self.assertEqual(1, self.factory.counters["deadline"])
+
+    def test_connectFailureNearDeadline(self) -> None:
+        """
+        A connect that fails before the overall timeout is retried, and the
+        retry gets only what is left of it.
+        """
+        self.makeFactory(retry=RetryPolicy(attempts=3, timeout=5.0))
+        proto, transport = self.connect()
+        proto.dataReceived(get())
+        self.reactor.advance(3)
+        self.upstreams.last.fail()
+        self.assertEqual(2, len(self.upstreams.attempts))
+        self.reactor.advance(1)
+        conn = self.upstreams.last.succeed()
+        self.assertEqual([1.0], conn.timeouts)
+        conn.respond(200, body=b"ok")
+        self.assertEqual([200], statuses(transport.value()))
 
     def test_resetBeforeResponseRetriedForGET(self) -> None:
         """

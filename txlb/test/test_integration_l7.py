@@ -600,6 +600,38 @@ class L7IntegrationTests(TestCase):
         self.assertEqual([r[1] for r in sites[0].requests], [b"/hold"])
 
     @inlineCallbacks
+    def test_retriesTimeoutCutsTheTryInFlight(self):
+        """
+        C{[retries] timeout} bounds the whole request: a backend that holds
+        its response is cut when it runs out, well before C{[timeouts]
+        response}, and the client gets 504.
+        """
+        sites, ports = yield self.startSites([b"a"])
+        proc, port = yield self.startTxlb(
+            self.config(ports, tables="[timeouts]\nresponse = 60\n[retries]\ntimeout = 1\n")
+        )
+        out, err, code = yield self.curl("--include", f"http://127.0.0.1:{port}/hold")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"), out)
+
+    @inlineCallbacks
+    def test_stalledUploadGets408(self):
+        """
+        A client that stops sending its request body for C{[timeouts] body}
+        gets 408 and its connection is closed.
+        """
+        sites, ports = yield self.startSites([b"a"])
+        proc, port = yield self.startTxlb(
+            self.config(ports, tables="[timeouts]\nbody = 1\n")
+        )
+        received = yield self.raw(
+            port,
+            b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received)
+        self.assertIn(b"request body timeout", received)
+
+    @inlineCallbacks
     def test_clientDisconnectCancelsBackendRequest(self):
         """
         A client that goes away while its request waits on a backend makes
