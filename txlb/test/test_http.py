@@ -38,10 +38,9 @@ from txlb.protocols.http import (
     HTTPProxyFactory,
     HTTPSettings,
     L7Pool,
-    ResponseTimeout,
     RetryPolicy,
 )
-from txlb.protocols.upstream import ConnectionLostEarly
+from txlb.protocols.upstream import ConnectionLostEarly, ResponseTimeout
 from txlb.ratelimit import TokenBucketTable
 from txlb.routing import Router
 from txlb.test.fakeupstream import (

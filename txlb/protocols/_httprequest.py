@@ -1,0 +1,371 @@
+"""
+Reading requests on an L7 client connection: the part of
+L{txlb.protocols.http.HTTPProxyProtocol} that feeds httptools, checks what it
+reports, and queues each request (or its refusal).
+
+Most requests a listener sees are the same few plain heads over and over.
+A read that is exactly one whole head it has parsed, checked and routed
+before, at a message boundary, is that request again (L{_KnownRequest}): it
+is queued without being parsed.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import attrs
+import httptools
+from twisted.python.failure import Failure
+
+from txlb.protocols._httpparts import (
+    BODY_HIGH_WATER,
+    MAX_PIPELINE,
+    ProxiedRequest,
+    _Closing,
+    _frameBody,
+    _KnownRequest,
+    _originForm,
+    _parserReason,
+    _Reject,
+)
+from txlb.protocols.headers import (
+    HeaderError,
+    validateRequestHeaders,
+)
+
+# Paths a listener with C{stats = true} answers itself.
+_LOCAL_PATHS = frozenset((b"/lb-health", b"/lb-stats"))
+
+
+def _rateLimited(wait: float) -> tuple[int, str, tuple[bytes, ...]]:
+    """
+    @return: the refusal of a request over the rate limit, which may try
+        again in C{wait} seconds.
+    """
+    return 429, "too many requests", (b"Retry-After: %d" % max(1, math.ceil(wait)),)
+
+
+class _RequestReader:
+    """
+    The input half of L{txlb.protocols.http.HTTPProxyProtocol}: its
+    C{dataReceived} and the httptools callbacks.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.closing or self.ignoreInput:
+            return
+        if "upgrade" in self.pauses:
+            # Until the backend answers the upgrade, the bytes are the
+            # tunnel's (a transport may deliver a read after a pause).
+            last = self.queue[-1]
+            last.upgradeData = [*last.upgradeData, data]
+            return
+        if self.parsing is None:
+            # A read that starts a request may be one whole request head
+            # already seen (see _KnownRequest).
+            factory = self.factory
+            known = factory.knownRequests.get(data)
+            if (
+                known is not None
+                # Parsed and routed under what the listener has now.
+                and known.router is factory.router
+                and known.settings is factory.settings
+                and known.pools is factory.pools
+                and known.localStats is factory.localStats
+            ):
+                self.knownRequest(known)
+                return
+            self.wholeRead = data
+        else:
+            self.wholeRead = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            if not self.closing:
+                self.upgradeData(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            reject = e.__context__
+            if self.closing:
+                # txlb answered and closed while this read was parsed.
+                return
+            if isinstance(reject, _Reject):
+                self.rejectParsing(reject.status, reject.reason, reject.headers)
+            else:
+                self._log.failure(
+                    "internal error parsing a request from {peer}",
+                    failure=Failure(reject) if reject is not None else None,
+                    peer=self.peer,
+                )
+                self.rejectParsing(500, "internal error")
+        except httptools.HttpParserError as e:
+            if self.closing:
+                return
+            if isinstance(e, httptools.HttpParserInvalidMethodError):
+                self.rejectParsing(400, "invalid method")
+            elif isinstance(e, httptools.HttpParserInvalidURLError):
+                self.rejectParsing(400, "invalid request target")
+            else:
+                self.rejectParsing(400, _parserReason(e))
+        else:
+            if self.parsing is not None:
+                self.checkPendingHead(len(data))
+
+    def knownRequest(self, known: _KnownRequest) -> None:
+        """
+        A read that was one whole request head seen before: what parsing
+        and checking it gave then, it gives now; queue it as
+        L{on_headers_complete} and L{on_message_complete} would.
+        """
+        factory = self.factory
+        request = ProxiedRequest()
+        request.started = now = factory.reactor.seconds()
+        request.method = known.method
+        request.target = known.target
+        request.headers = known.headers
+        request.framing = known.framing
+        request.headerSize = known.headerSize
+        request.bodyDone = True
+        request.known = known
+        self.firstHead = False
+        queue = self.queue
+        if not queue:
+            # The head is all here: no head deadline.
+            self.timer.deadline = None
+        if factory.rateLimit is not None:
+            wait = factory.rateLimit.take(factory.rateKey(self.peer, request.headers))
+            if wait:
+                factory.counters["rate_limited"] += 1
+                request.framing = None
+                self.parsing = request
+                self.rejectParsing(*_rateLimited(wait))
+                return
+        l7pool = request.l7pool = known.l7pool
+        l7pool.budget.requests += 1
+        request.counted = True
+        queue.append(request)
+        if len(queue) > MAX_PIPELINE:
+            self.pauseReading("pipeline")
+        elif len(queue) == 1:
+            self.sendKnown(request, now)
+
+    def checkPendingHead(self, received: int) -> None:
+        """
+        Bound the part of a request head that httptools holds before
+        reporting it (a header line is reported only once it ends): a read
+        during which no part of the head was reported belongs to it whole.
+        """
+        request = self.parsing
+        if request is None or request.framing is not None or self.ignoreInput:
+            return
+        if self.headProgress:
+            self.headProgress = False
+            request.headerPending = 0
+            return
+        request.headerPending += received
+        if request.headerSize + request.headerPending > self.factory.settings.maxHeaderSize:
+            self.rejectParsing(431, "request header block too large")
+
+    def rejectParsing(self, status: int, reason: str,
+                      headers: tuple[bytes, ...] = (), counter: str = "rejected") -> None:
+        """
+        The request being parsed is refused: once the requests before it
+        are answered, answer C{status} and close.  Nothing more is read.
+
+        @param counter: the listener counter that counts the refusal.
+        """
+        request = self.parsing or ProxiedRequest()
+        self.parsing = None
+        self.bodyWatch = False
+        request.error = _Reject(status, reason, headers)
+        self.factory.counters[counter] += 1
+        self.ignoreInput = True
+        self.pauseReading("rejected")
+        if request.framing is None:
+            # Refused in its head: not queued yet.
+            if not self.queue:
+                self.timer.clear()
+            self.queue.append(request)
+            if len(self.queue) == 1:
+                self.dispatch()
+            return
+        # Refused in its body (too large): it is queued, maybe in flight.
+        if self.queue and self.queue[0] is request:
+            if request.headSent:
+                self.closing = True
+                self.transport.abortConnection()
+                return
+            self.abandon(request)
+            self.answerError(request, status, reason, True, headers)
+
+    def upgradeData(self, data: bytes) -> None:
+        """
+        Bytes after an upgrade request: held for the tunnel if the backend
+        agrees, or, when txlb does not tunnel this upgrade, parsed as HTTP.
+        """
+        last = self.queue[-1] if self.queue else None
+        if last is not None and last.framing is not None and last.framing.upgrade:
+            if data:
+                last.upgradeData = [*last.upgradeData, data]
+            # Nothing after this request is HTTP until the backend answers.
+            self.pauseReading("upgrade")
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if data:
+            self.dataReceived(data)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise _Closing()
+        factory = self.factory
+        request = ProxiedRequest()
+        request.started = factory.reactor.seconds()
+        request.headers = []
+        self.parsing = request
+        self.headProgress = True
+        if self.firstHead:
+            # The deadline started at connectionMade runs on.
+            self.firstHead = False
+        elif not self.queue:
+            self.timer.set(factory.settings.headerTimeout, self.headerTimedOut)
+
+    def on_url(self, url: bytes) -> None:
+        self.headProgress = True
+        request = self.parsing
+        request.target += url
+        request.headerSize += len(url)
+        if len(request.target) > self.factory.settings.maxTargetLength:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headProgress = True
+        request = self.parsing
+        request.headerSize += len(name) + len(value) + 4
+        if request.headerSize > self.factory.settings.maxHeaderSize:
+            raise _Reject(431, "request header block too large")
+        request.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        parser = self.parser
+        queue = self.queue
+        if not queue:
+            # self.timer.clear(), inline.
+            self.timer.deadline = None
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                request.version = (0, 0)
+                raise _Reject(505, "unsupported HTTP version")
+            request.version = (1, 0)
+        method = request.method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported")
+        try:
+            framing = validateRequestHeaders(request.version, request.headers)
+        except HeaderError as e:
+            raise _Reject(e.status, e.reason) from None
+        target = request.target
+        if not target.startswith(b"/"):
+            if target == b"*" and method == b"OPTIONS":
+                pass
+            else:
+                target, host = _originForm(target)
+                request.target = target
+                if host is not None:
+                    framing = attrs.evolve(framing, host=host)
+        factory = self.factory
+        maxBody = factory.settings.maxBodySize
+        if maxBody is not None and (framing.contentLength or 0) > maxBody:
+            raise _Reject(413, "request body too large")
+        if factory.rateLimit is not None:
+            wait = factory.rateLimit.take(factory.rateKey(self.peer, request.headers))
+            if wait:
+                factory.counters["rate_limited"] += 1
+                # Refused in its head: answered, then closed, so its body
+                # (if any) is never read as a request.
+                raise _Reject(*_rateLimited(wait))
+        request.framing = framing
+        if factory.localStats is not None and target in _LOCAL_PATHS and (
+            method == b"GET" or method == b"HEAD"
+        ):
+            request.local = target
+            if not framing.chunked and not framing.contentLength:
+                request.bodyDone = True
+            elif not framing.expectContinue:
+                self.watchBody()
+            queue.append(request)
+            if len(queue) == 1:
+                self.dispatch()
+            return
+        l7pool = request.l7pool = factory.pools[
+            factory.router.route(framing.host, target, request.headers)
+        ]
+        l7pool.budget.requests += 1
+        request.counted = True
+        if not framing.chunked and not framing.contentLength:
+            # No body (RequestFraming.body is Body.NONE, without the call).
+            request.bodyDone = True
+        elif not framing.expectContinue:
+            self.watchBody()
+        queue.append(request)
+        if len(queue) > MAX_PIPELINE:
+            self.pauseReading("pipeline")
+        elif len(queue) == 1:
+            # dispatch(), for a request that is not an error.
+            self.tryBackend(request)
+
+    def on_body(self, data: bytes) -> None:
+        request = self.parsing
+        request.bodyReceived += len(data)
+        settings = self.factory.settings
+        maxBody = settings.maxBodySize
+        if maxBody is not None and request.bodyReceived > maxBody:
+            raise _Reject(413, "request body too large")
+        if self.bodyWatch:
+            # Moved later in place: the timer looks again when it fires.
+            self.timer.deadline = self.reactor.seconds() + settings.bodyTimeout
+        elif settings.bodyTimeout is not None:
+            # A body sent before (or without) the 100 Continue it expected.
+            self.watchBody()
+        exchange = request.exchange
+        if exchange is not None and exchange.connection is not None and not request.body:
+            exchange.connection.writeBody(_frameBody(request, data))
+            request.bodySent = True
+            return
+        if not request.body:
+            request.body = collections.deque()
+        request.body.append(data)
+        request.bodyBuffered += len(data)
+        self.bodyHeld += len(data)
+        if self.bodyHeld > BODY_HIGH_WATER:
+            self.pauseReading("body")
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        self.parsing = None
+        data, self.wholeRead = self.wholeRead, None
+        if request.bodyDone:
+            # No body: its backend request is (or will be) finished where
+            # it is sent.
+            if (
+                data is not None
+                and request.l7pool is not None
+                and data.find(b"\r\n\r\n") == len(data) - 4
+            ):
+                # The read was this request, and nothing else.
+                self.factory.rememberRequest(data, request)
+            return
+        request.bodyDone = True
+        if self.bodyWatch:
+            self.bodyWatch = False
+            self.timer.clear()
+        exchange = request.exchange
+        if exchange is not None and exchange.connection is not None and not request.body:
+            self.finishRequestBody(request, exchange.connection)
+
