@@ -23,8 +23,10 @@ from txlb.protocols._httpparts import (
     MAX_PIPELINE,
     ProxiedRequest,
     _Closing,
-    _frameBody,
     _KnownRequest,
+)
+from txlb.protocols._httpwire import (
+    _frameBody,
     _originForm,
     _parserReason,
     _Reject,

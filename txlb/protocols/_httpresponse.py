@@ -15,8 +15,10 @@ from txlb.protocols._httpparts import (
     IDEMPOTENT,
     ProxiedRequest,
     _BadUpgrade,
-    _describe,
     _Exchange,
+)
+from txlb.protocols._httpwire import (
+    _describe,
     _interimHeaders,
     _statusHead,
 )

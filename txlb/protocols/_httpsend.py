@@ -14,17 +14,19 @@ from twisted.python.failure import Failure
 
 from txlb.pool import Backend, QueueFull
 from txlb.protocols._httpparts import (
-    _CONTINUE,
     BODY_HIGH_WATER,
     L7Pool,
     ProxiedRequest,
-    _cookie,
-    _describe,
     _Exchange,
-    _frameBody,
-    _hashKey,
     _KnownRequest,
     _ReadPause,
+)
+from txlb.protocols._httpwire import (
+    _CONTINUE,
+    _cookie,
+    _describe,
+    _frameBody,
+    _hashKey,
     _requestHead,
 )
 from txlb.protocols.headers import (

@@ -47,16 +47,18 @@ from txlb.protocols._httpparts import (
     L7Pool,
     ProxiedRequest,
     RetryPolicy,
-    _accessLine,
-    _accessRecord,
     _Deadline,
-    _errorResponse,
     _Exchange,
     _FactoryBase,
 )
 from txlb.protocols._httprequest import _RequestReader
 from txlb.protocols._httpresponse import _ResponseRelay
 from txlb.protocols._httpsend import _BackendSender
+from txlb.protocols._httpwire import (
+    _accessLine,
+    _accessRecord,
+    _errorResponse,
+)
 from txlb.protocols.headers import (
     ClientInfo,
 )
