@@ -243,7 +243,7 @@ def stats(txlb: Any) -> dict[str, Any]:
     Client side: L7 requests answered without an error of txlb's own
     (C{success}) and those refused or answered by txlb with an error
     (C{failed}: shed, rate limited, rejected as malformed, no backend,
-    queue full or timed out, header timeout); L4 connections relayed
+    queue full or timed out, header or body timeout); L4 connections relayed
     (C{success}) and those shed, rate limited or closed for want of a
     backend (C{failed}).  Server side: see L{statsDetail}.
     """

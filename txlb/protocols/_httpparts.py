@@ -412,6 +412,8 @@ class ProxiedRequest:
     framing: RequestFraming | None = None
     l7pool: L7Pool | None = None
     started = 0.0
+    # When its first try started (reactor.seconds()); 0 before.
+    firstTry = 0.0
     headerSize = 0
     headerPending = 0
     error: _Reject | None = None
@@ -441,12 +443,15 @@ class ProxiedRequest:
     held: bytes | None = None
     # The _KnownRequest it was made from, if any.
     known: _KnownRequest | None = None
+    # txlb told the client to send its body (100 Continue).
+    continued = False
 
 
 class _Deadline:
     """
     The one deadline a client connection has at a time (its request head's,
-    or its idle wait's), on one lazily re-armed C{DelayedCall}.
+    the request body's next bytes', or its idle wait's), on one lazily
+    re-armed C{DelayedCall}.
 
     A kept-alive connection moves between deadlines on every request;
     scheduling and cancelling a C{DelayedCall} each time costs more than
@@ -566,7 +571,7 @@ class _Exchange:
 
     __slots__ = (
         "proto", "request", "backend", "connection", "connecting", "started",
-        "responded", "released", "deadlineCall",
+        "responded", "released", "deadlineCall", "cut",
     )
 
     def __init__(self, proto: HTTPProxyProtocol, request: ProxiedRequest,
@@ -584,6 +589,9 @@ class _Exchange:
         self.released = False
         # Cuts the connect when the request's time across tries runs out.
         self.deadlineCall: Any = None
+        # Its response timeout was cut to what was left of the request's
+        # time across tries.
+        self.cut = False
 
     @property
     def current(self) -> bool:

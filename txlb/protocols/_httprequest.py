@@ -186,21 +186,28 @@ class _RequestReader:
         self.factory.counters[counter] += 1
         self.ignoreInput = True
         self.pauseReading("rejected")
-        if request.framing is None:
+        queue = self.queue
+        if request.framing is None or request not in queue:
             # Refused in its head: not queued yet.
-            if not self.queue:
+            if not queue:
                 self.timer.clear()
-            self.queue.append(request)
-            if len(self.queue) == 1:
+            queue.append(request)
+            if len(queue) == 1:
                 self.dispatch()
             return
-        # Refused in its body (too large): it is queued, maybe in flight.
-        if self.queue and self.queue[0] is request:
+        # Refused in its body (too large, too slow): it is queued, maybe in
+        # flight.
+        if queue[0] is request:
+            self.abandon(request)
             if request.headSent:
+                # Its response has started: it cannot be answered, only
+                # cut short (and counted, and logged, as it went out).
+                self.unregisterResponseProducer()
+                queue.popleft()
+                self.logRequest(request)
                 self.closing = True
                 self.transport.abortConnection()
                 return
-            self.abandon(request)
             self.answerError(request, status, reason, True, headers)
 
     def upgradeData(self, data: bytes) -> None:
@@ -329,10 +336,16 @@ class _RequestReader:
         maxBody = settings.maxBodySize
         if maxBody is not None and request.bodyReceived > maxBody:
             raise _Reject(413, "request body too large")
-        if self.bodyWatch:
+        bodyTimeout = settings.bodyTimeout
+        if bodyTimeout is None:
+            # No limit (maybe since a reload).
+            if self.bodyWatch:
+                self.bodyWatch = False
+                self.timer.clear()
+        elif self.bodyWatch:
             # Moved later in place: the timer looks again when it fires.
-            self.timer.deadline = self.reactor.seconds() + settings.bodyTimeout
-        elif settings.bodyTimeout is not None:
+            self.timer.deadline = self.reactor.seconds() + bodyTimeout
+        else:
             # A body sent before (or without) the 100 Continue it expected.
             self.watchBody()
         exchange = request.exchange

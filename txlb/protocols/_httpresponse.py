@@ -50,7 +50,9 @@ class _ResponseRelay:
             return
         if status == 100 and request.framing is not None and request.framing.expectContinue:
             return
-        self.transport.write(_statusHead(status, reason, _interimHeaders(headers)))
+        self.transport.write(_statusHead(
+            status, reason, _interimHeaders(headers, request.l7pool.policy.backendHeader)
+        ))
 
     def responseStarted(self, exchange: _Exchange, status: int, reason: bytes,
                         headers: Any, framing: ResponseFraming) -> None:
@@ -245,8 +247,12 @@ class _ResponseRelay:
                 return
             self.answerError(request, 502, "bad gateway", not request.bodyDone)
             return
-        backend.recordFailure(why)
-        backend.recordResponse(0, self.reactor.seconds() - exchange.started)
+        cut = timedOut and exchange.cut
+        if cut:
+            self.tryCut(exchange, why)
+        else:
+            backend.recordFailure(why)
+            backend.recordResponse(0, self.reactor.seconds() - exchange.started)
         self._log.warn(
             "backend {backend} of pool {pool}: {method} failed: {why}",
             backend=backend.name, pool=request.l7pool.pool.name,
@@ -276,7 +282,9 @@ class _ResponseRelay:
             self.factory.counters["retries"] += 1
             self.tryBackend(request)
             return
-        if timedOut:
+        if cut:
+            self.answerError(request, 504, "request timeout across tries", not request.bodyDone)
+        elif timedOut:
             self.answerError(request, 504, "backend response timeout", not request.bodyDone)
         else:
             self.answerError(request, 502, "bad gateway", not request.bodyDone)

@@ -132,11 +132,12 @@ class _BackendSender:
         else:
             head = self.knownHead(known, l7pool)
         retry = l7pool.retry
-        connection.sendRequest(
-            head, request.method, exchange,
-            retry.perTryTimeout if retry.timeout is None else self.tryTimeout(request, now),
-            whole=True,
-        )
+        if retry.timeout is None:
+            timeout = retry.perTryTimeout
+        else:
+            request.firstTry = now
+            timeout = self.tryTimeout(exchange, now)
+        connection.sendRequest(head, request.method, exchange, timeout, whole=True)
         if self.pauses and request.exchange is exchange:
             self.resumeReading("backend")
 
@@ -203,6 +204,8 @@ class _BackendSender:
             self.factory.reactor.seconds() if now is None else now,
         )
         request.exchange = exchange
+        if not request.firstTry:
+            request.firstTry = exchange.started
         upstreams = l7pool.upstreams
         if not fresh:
             # An idle connection needs no Deferred: most requests take one.
@@ -217,7 +220,7 @@ class _BackendSender:
         timeout = l7pool.retry.timeout
         if timeout is not None:
             # The connect may not outlast the request's time across tries.
-            left = max(0.0, timeout - (exchange.started - request.started))
+            left = max(0.0, timeout - (exchange.started - request.firstTry))
             exchange.deadlineCall = self.reactor.callLater(left, self.connectTooLate, exchange)
         d.addCallbacks(self.backendConnected, self.connectFailed,
                        callbackArgs=(exchange,), errbackArgs=(exchange,))
@@ -237,8 +240,27 @@ class _BackendSender:
         if connecting is not None:
             # Its errback finds the attempt over, and does nothing more.
             connecting.cancel()
-        self.factory.counters["deadline"] += 1
+        self.tryCut(exchange, "connect outlasted the request's time across tries")
         self.answerError(request, 504, "request timeout across tries", not request.bodyDone)
+
+    def tryCut(self, exchange: _Exchange, why: str) -> None:
+        """
+        C{exchange} was given up because its request ran out of time across
+        tries (C{retries.timeout}).  It counts as a failed exchange with its
+        backend; the backend's passive checks (outlier detection, circuit
+        breaker) count it only for a first try, which had all of that
+        time: a retry may have been left too little to judge the backend.
+        """
+        backend = exchange.backend
+        request = exchange.request
+        self.factory.counters["deadline"] += 1
+        if request.attempts <= 1:
+            backend.recordFailure(why)
+        else:
+            # The failure is counted, not held against the backend.
+            backend.failures += 1
+            backend.lastFailureReason = why
+        backend.recordResponse(0, self.reactor.seconds() - exchange.started)
 
     def backendConnected(self, connection: UpstreamConnection,
                          exchange: _Exchange) -> None:
@@ -258,7 +280,7 @@ class _BackendSender:
             # is the whole request.
             connection.sendRequest(
                 self.knownHead(known, l7pool), known.method, exchange,
-                self.tryTimeout(request), whole=True,
+                self.tryTimeout(exchange), whole=True,
             )
             if self.pauses and request.exchange is exchange:
                 self.resumeReading("backend")
@@ -270,7 +292,9 @@ class _BackendSender:
             # txlb answers the expectation itself once a backend is ready,
             # so that a refused request never had its body sent.
             sendFraming = attrs.evolve(framing, expectContinue=False)
-            if not request.bodyDone and not request.body:
+            if not request.bodyDone and not request.body and not request.continued:
+                # Once: a retry finds the client already sending.
+                request.continued = True
                 self.transport.write(_CONTINUE)
                 if request is self.parsing:
                     # The client was told to send its body: from now on it
@@ -282,7 +306,7 @@ class _BackendSender:
             requestId=self.factory.newRequestId(),
         )
         connection.sendRequest(_requestHead(method, request.target, headers),
-                               method, exchange, self.tryTimeout(request))
+                               method, exchange, self.tryTimeout(exchange))
         if request.exchange is not exchange:
             # It failed inside sendRequest (a pooled connection found
             # closed), and that was handled: maybe a retry is on its way.
@@ -373,27 +397,36 @@ class _BackendSender:
         request.exchange = None
         self.answerError(request, 502, "backend connection failed", not request.bodyDone)
 
-    def tryTimeout(self, request: ProxiedRequest, now: float | None = None) -> float | None:
+    def tryTimeout(self, exchange: _Exchange, now: float | None = None) -> float | None:
         """
         How long the backend may take to start its response to this try:
         the pool's per-try timeout, cut to what is left of the request's
-        time across tries.
+        time across tries (counted from its first try), in which case the
+        exchange is marked C{cut}.
 
         @param now: C{reactor.seconds()}, when the caller just read it.
         """
+        request = exchange.request
         retry = request.l7pool.retry
         perTry = retry.perTryTimeout
         if retry.timeout is None:
             return perTry
         if now is None:
             now = self.reactor.seconds()
-        left = max(0.0, retry.timeout - (now - request.started))
-        return left if perTry is None or left < perTry else perTry
+        left = max(0.0, retry.timeout - (now - request.firstTry))
+        if perTry is None or left < perTry:
+            exchange.cut = True
+            return left
+        return perTry
 
     def withinDeadline(self, request: ProxiedRequest) -> bool:
         """
         Is there time left for another try?
         """
         timeout = request.l7pool.retry.timeout
-        return timeout is None or self.reactor.seconds() - request.started < timeout
+        return (
+            timeout is None
+            or not request.firstTry
+            or self.reactor.seconds() - request.firstTry < timeout
+        )
 

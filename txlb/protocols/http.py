@@ -228,7 +228,11 @@ class HTTPProxyProtocol(_RequestReader, _BackendSender, _ResponseRelay, Protocol
             self.bodyWatch = False
             return
         timeout = self.factory.settings.bodyTimeout
-        if self.pauses and timeout is not None:
+        if timeout is None:
+            # No limit any more (a reload).
+            self.bodyWatch = False
+            return
+        if self.pauses:
             # txlb is not reading: the client cannot be late.
             self.timer.set(timeout, self.bodyTimedOut)
             return
@@ -270,9 +274,11 @@ class HTTPProxyProtocol(_RequestReader, _BackendSender, _ResponseRelay, Protocol
             if not self.pauses and not self.closing:
                 self.transport.resumeProducing()
                 if self.bodyWatch:
-                    # The client's pause starts now.
-                    timer = self.timer
-                    timer.set(self.factory.settings.bodyTimeout, self.bodyTimedOut)
+                    # The client's pause starts now (a reload may have
+                    # lifted the limit: then the watch ends).
+                    timeout = self.factory.settings.bodyTimeout
+                    self.bodyWatch = timeout is not None
+                    self.timer.set(timeout, self.bodyTimedOut)
 
     # ------------------------------------------------------------ finishing
 

@@ -500,6 +500,23 @@ class RejectionTests(ProxyTestCase):
         self.assertClosedWith(transport, 413)
         self.assertTrue(conn.aborted)
 
+    def test_routingErrorAnswered(self) -> None:
+        """
+        A request whose routing fails inside txlb (a broken router) gets
+        500 and the connection closes; it is not left unanswered.
+        """
+
+        class BrokenRouter(Router):
+            def route(self, host: Any, target: Any, headers: Any) -> str:
+                raise RuntimeError("broken router")
+
+        self.makeFactory()
+        self.factory.router = BrokenRouter([], "web")
+        proto, transport = self.connect()
+        proto.dataReceived(get())
+        self.assertClosedWith(transport, 500)
+        self.assertEqual(1, len(self.flushLoggedErrors(RuntimeError)))
+
     def test_headerTimeout(self) -> None:
         """
         A head that has not all arrived within C{headerTimeout} gets 408 and

@@ -6,7 +6,16 @@ L{txlb.test.test_http} for the fixture).
 
 from __future__ import annotations
 
-from txlb.protocols.http import BODY_HIGH_WATER, HTTPSettings, RetryPolicy
+from txlb.admin.views import _serverCounts
+from txlb.protocols.headers import ForwardingPolicy
+from txlb.protocols.http import (
+    BODY_HIGH_WATER,
+    HTTPProxyFactory,
+    HTTPSettings,
+    RetryPolicy,
+)
+from txlb.protocols.upstream import ResponseTimeout
+from txlb.routing import Router
 from txlb.test.test_http import ProxyTestCase, get, parseResponses, post, statuses
 
 
@@ -70,8 +79,27 @@ class BodyTimeoutTests(ProxyTestCase):
         conn.send(b"early")
         self.reactor.advance(30)
         self.assertTrue(transport.aborted)
-        self.lose(proto, transport)
         self.assertTrue(conn.aborted)
+        # Counted, and logged, as a request that went out cut short.
+        self.assertEqual(1, self.factory.counters["body_timeout"])
+        self.assertEqual(1, self.factory.counters["requests"])
+        self.assertEqual([200], [record["status"] for record in self.records])
+
+    def test_reloadLiftsTheLimitMidUpload(self) -> None:
+        """
+        A reload that turns the body timeout off while a body arrives ends
+        the watch: the upload goes on.
+        """
+        proto, transport, conn = self.serve(post(b"abc", length=6))
+        self.factory.reconfigure(HTTPProxyFactory(
+            pools={"web": self.l7pool}, router=Router([], "web"),
+            reactor=self.reactor, settings=HTTPSettings(bodyTimeout=None),
+        ))
+        self.reactor.advance(100)
+        proto.dataReceived(b"def")
+        self.assertEqual(b"abcdef", conn.body)
+        conn.respond(200, body=b"ok")
+        self.assertEqual([200], statuses(transport.value()))
 
     def test_noDeadlineWhileTxlbHoldsReading(self) -> None:
         """
@@ -108,6 +136,21 @@ class BodyTimeoutTests(ProxyTestCase):
         responses = parseResponses(transport.value())
         self.assertEqual([100, 408], [r.status for r in responses])
         self.assertTrue(conn.aborted)
+
+    def test_continueOnceAcrossRetries(self) -> None:
+        """
+        A retry of a request that was told C{100 Continue} does not tell it
+        again.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(post(b"", method=b"PUT", length=5,
+                                headers=b"Expect: 100-continue\r\n"))
+        conn = self.upstreams.last.succeed()
+        conn.fail(started=False)
+        retry = self.upstreams.last.succeed()
+        proto.dataReceived(b"hello")
+        retry.respond(200, body=b"ok")
+        self.assertEqual([100, 200], statuses(transport.value()))
 
     def test_pipelinedBodyStalls(self) -> None:
         """
@@ -185,6 +228,72 @@ class OverallDeadlineTests(ProxyTestCase):
         self.assertEqual([200], statuses(transport.value()))
 
 
+    def test_countedFromTheFirstTry(self) -> None:
+        """
+        The time before the first try (a head sent slowly, a wait behind
+        pipelined requests) does not count.
+        """
+        self.makeFactory(retry=RetryPolicy(perTryTimeout=60.0, timeout=1.0))
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /1 HTTP/1.1\r\n")
+        self.reactor.advance(1.5)
+        proto.dataReceived(b"Host: example.com\r\n\r\n" + get(b"/2"))
+        conn = self.upstreams.last.succeed()
+        self.assertEqual([1.0], conn.timeouts)
+        self.reactor.advance(0.9)
+        conn.respond(200, body=b"one")
+        second = self.upstreams.last.succeed()
+        self.assertEqual([1.0], second.timeouts)
+        second.respond(200, body=b"two")
+        self.assertEqual([200, 200], statuses(transport.value()))
+
+    def test_cutRetryNotHeldAgainstBackend(self) -> None:
+        """
+        A retry left too little time that times out answers 504 and counts
+        as a failed exchange, but the backend's passive checks do not see
+        it (its consecutive failures stay as they were).
+        """
+        self.makeFactory(retry=RetryPolicy(perTryTimeout=60.0, timeout=5.0))
+        proto, transport, conn = self.serve(get())
+        self.reactor.advance(4.9)
+        conn.fail(started=False)
+        retry = self.upstreams.last.succeed()
+        self.assertAlmostEqual(0.1, retry.timeouts[0])
+        backend = retry.backend
+        consecutive = backend.consecutiveFailures
+        retry.fail(ResponseTimeout(0.1))
+        self.assertEqual([504], statuses(transport.value()))
+        self.assertIn(b"request timeout across tries", transport.value())
+        self.assertEqual(consecutive, backend.consecutiveFailures)
+        self.assertEqual(1, backend.failures)
+        self.assertEqual(1, self.factory.counters["deadline"])
+
+    def test_cutFirstTryHeldAgainstBackend(self) -> None:
+        """
+        A first try, which had the request's whole time, that times out is
+        the backend's failure.
+        """
+        self.makeFactory(retry=RetryPolicy(perTryTimeout=60.0, timeout=5.0))
+        proto, transport, conn = self.serve(get())
+        self.reactor.advance(5)
+        conn.fail(ResponseTimeout(5.0))
+        self.assertEqual([504], statuses(transport.value()))
+        self.assertEqual(1, self.a.consecutiveFailures)
+
+    def test_givenUpConnectIsAFailedExchange(self) -> None:
+        """
+        A connect given up at the deadline is a failed exchange with its
+        backend in C{/stats}, and a request without a response.
+        """
+        self.makeFactory(retry=RetryPolicy(perTryTimeout=60.0, timeout=5.0))
+        proto, transport = self.connect()
+        proto.dataReceived(get())
+        self.reactor.advance(5)
+        self.assertEqual([504], statuses(transport.value()))
+        self.assertEqual((0, 1), _serverCounts(self.a))
+        self.assertEqual(1, self.a.responses[0])
+
+
 class InterimResponseTests(ProxyTestCase):
     """
     What txlb passes on of a 1xx response.
@@ -210,3 +319,20 @@ class InterimResponseTests(ProxyTestCase):
             transport.value(),
         )
         conn.respond(200, body=b"ok")
+
+    def test_backendHeaderNotSpoofed(self) -> None:
+        """
+        With C{backend_header} on, the backend's own C{X-Backend-Server}
+        (or an underscore spelling of a protected header) is dropped from
+        an interim response as from a final one.
+        """
+        self.makeFactory(policy=ForwardingPolicy(backendHeader=True))
+        proto, transport, conn = self.serve(get())
+        conn.interim(103, [
+            (b"Link", b"</s.css>; rel=preload"),
+            (b"X-Backend-Server", b"spoofed"),
+            (b"Transfer_Encoding", b"chunked"),
+        ])
+        conn.respond(200, body=b"ok")
+        interim = parseResponses(transport.value())[0]
+        self.assertEqual([(b"Link", b"</s.css>; rel=preload")], interim.headers)
