@@ -20,10 +20,20 @@ request is then one read event on each side: the client's request is parsed,
 routed, given a backend and sent on the pooled connection; the response is
 parsed, checked and written back, the connection returned to the pool.
 
+With C{--varied}, no two requests in a row are alike: each has its own
+query string, C{User-Agent} and C{Cookie}, and each response its own
+C{ETag} and C{Set-Cookie}, over a cycle longer than any table txlb keeps of
+heads it has seen.  So every request is parsed by llhttp, checked, routed
+and its forwarded head made, and every response head parsed, checked and
+its client head made: the full path, as traffic whose heads seldom repeat
+takes it.  C{--varied requests} or C{--varied responses} varies one side
+only.
+
 Usage::
 
     .venv/bin/python bench/l7_pathcost.py [--requests N] [--access-log PATH]
-                                          [--profile]
+                                          [--varied [requests|responses|both]]
+                                          [--connections N] [--profile]
 
 It prints nanoseconds per request, the best of five runs, for the whole path
 from the reactor's C{doPoll} and for the two protocols' C{dataReceived}
@@ -36,6 +46,8 @@ import argparse
 import cProfile
 import pstats
 import time
+from functools import partial
+from itertools import cycle, islice
 from select import EPOLLIN
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -62,6 +74,64 @@ RESPONSE = (
 
 # Events reported by one stand-in poll: this many requests' worth.
 _BATCH = 10
+
+# How many different requests (and responses) --varied cycles through: more
+# than txlb remembers of either (256 request heads per listener, 512
+# response heads), so that every one is read as new.
+_VARIED = 4099
+
+
+def _variedRequests(count: int) -> list[bytes]:
+    """
+    @return: C{count} different requests, as a browser behind C{wrk}'s
+        C{bench/varied.lua} might send them: a query string, a user agent and
+        a session cookie of their own, on a path the backends answer.
+    """
+    return [
+        b"GET /?item=%d&page=%d HTTP/1.1\r\n"
+        b"Host: 127.0.0.1:19111\r\n"
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench/%d\r\n"
+        b"Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n"
+        b"Accept-Language: en-GB,en;q=0.5\r\n"
+        b"Cookie: session=%016x; theme=dark; seen=%d\r\n"
+        b"\r\n" % (n, n % 7, n % 97, n * 2654435761, n)
+        for n in range(count)
+    ]
+
+
+def _variedResponses(count: int) -> list[bytes]:
+    """
+    @return: C{count} different responses: L{RESPONSE} with an C{ETag} and a
+        C{Set-Cookie} of their own.
+    """
+    return [
+        b"HTTP/1.1 200 OK\r\n"
+        b"Server: nginx/1.22.1\r\n"
+        b"Date: Sun, 22 Nov 2026 20:00:00 GMT\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Content-Length: 3\r\n"
+        b"Connection: keep-alive\r\n"
+        b'ETag: "%x-3"\r\n'
+        b"Set-Cookie: session=%016x; Path=/; HttpOnly\r\n"
+        b"\r\n"
+        b"ok\n" % (n, n * 40503)
+        for n in range(count)
+    ]
+
+
+def _payloads(varied: str | None, count: int) -> tuple[list[bytes], list[bytes]]:
+    """
+    @param varied: C{None}, C{"requests"}, C{"responses"} or C{"both"}.
+    @param count: how many different ones, when varied.
+    @return: the requests and the responses to cycle through.
+    """
+    requests = [REQUEST]
+    responses = [RESPONSE]
+    if varied in ("requests", "both"):
+        requests = _variedRequests(count)
+    if varied in ("responses", "both"):
+        responses = _variedResponses(count)
+    return requests, responses
 
 
 class _Backend(Protocol):
@@ -101,12 +171,21 @@ class _Client(Protocol):
 
 class _StandInSocket:
     """
-    A socket whose C{recv} always returns C{payload} and whose C{send} takes
-    all it is given (or records it, with C{sent}), both cheap.
+    A socket whose C{recv} returns C{payload} (or each of a list of payloads
+    in turn, round and round) and whose C{send} takes all it is given (or
+    records it, with C{sent}), both cheap.
     """
 
-    def __init__(self, real, payload: bytes, bufferSize: int, sent=None) -> None:
-        self.recv = {bufferSize: payload}.get
+    def __init__(self, real, payload: bytes | list[bytes], bufferSize: int,
+                 sent=None) -> None:
+        if isinstance(payload, list) and len(payload) == 1:
+            payload = payload[0]
+        if isinstance(payload, bytes):
+            self.recv = {bufferSize: payload}.get
+        else:
+            # next(payloads, bufferSize): the next one, in C, as cheap as
+            # dict.get (a cycle never runs out, so the default is unused).
+            self.recv = partial(next, cycle(payload))
         if sent is None:
             self.send = len
         else:
@@ -205,17 +284,30 @@ def _proxyRequests(reactor: HotPathReactor, accessLog: str | None, count: int):
 
 
 def _measureMany(reactor: HotPathReactor, protos: list, connections: list,
-                 requests: int) -> None:
+                 requests: int, varied: str | None) -> None:
     """
     Measure and print, with one request in flight on each client connection.
     """
     count = len(protos)
-    for proto in protos:
+    # Connection i reads every count-th payload from the i-th on: the
+    # connections together go through them all in order, so that none is
+    # seen again before the whole cycle.
+    requestPayloads, responsePayloads = _payloads(
+        varied, -(-_VARIED // count) * count
+    )
+    def share(payloads: list[bytes], i: int) -> list[bytes]:
+        return payloads[i::count] if len(payloads) > 1 else payloads
+
+    for i, proto in enumerate(protos):
         transport = proto.transport
-        transport.socket = _StandInSocket(transport.socket, REQUEST, transport.bufferSize)
-    for connection in connections:
+        transport.socket = _StandInSocket(
+            transport.socket, share(requestPayloads, i), transport.bufferSize
+        )
+    for i, connection in enumerate(connections):
         transport = connection.transport
-        transport.socket = _StandInSocket(transport.socket, RESPONSE, transport.bufferSize)
+        transport.socket = _StandInSocket(
+            transport.socket, share(responsePayloads, i), transport.bufferSize
+        )
     poller = reactor._poller = _AlternatingPoller(
         [proto.transport.fileno() for proto in protos], connections
     )
@@ -257,6 +349,13 @@ def main() -> None:
         "--show", action="store_true", help="print what one request sends each way"
     )
     parser.add_argument(
+        "--varied", nargs="?", const="both", default=None,
+        choices=("requests", "responses", "both"),
+        help="a different request head (query, user agent, cookie) and response "
+        "head (ETag, Set-Cookie) every time, so that none is recognized: the "
+        "full parse path (default: both sides)",
+    )
+    parser.add_argument(
         "--connections", type=int, default=1,
         help="client (and backend) connections, each with its own request in "
         "flight: more objects for the caches to hold, as under load",
@@ -266,8 +365,9 @@ def main() -> None:
     reactor = HotPathReactor()
     protos, connections = _proxyRequests(reactor, args.access_log, args.connections)
     if args.connections > 1:
-        _measureMany(reactor, protos, connections, args.requests)
+        _measureMany(reactor, protos, connections, args.requests, args.varied)
         return
+    requestPayloads, responsePayloads = _payloads(args.varied, _VARIED)
     [proto], [connection] = protos, connections
     client, backend = proto.transport, connection.transport
     realClient, realBackend = client.socket, backend.socket
@@ -275,17 +375,19 @@ def main() -> None:
     if args.show:
         toClient: list[bytes] = []
         toBackend: list[bytes] = []
-        client.socket = _StandInSocket(realClient, REQUEST, client.bufferSize, toClient)
+        client.socket = _StandInSocket(
+            realClient, requestPayloads, client.bufferSize, toClient
+        )
         backend.socket = _StandInSocket(
-            realBackend, RESPONSE, backend.bufferSize, toBackend
+            realBackend, responsePayloads, backend.bufferSize, toBackend
         )
         client.doRead()
         backend.doRead()
         print("to the backend:", b"".join(toBackend).decode("latin-1"), sep="\n")
         print("to the client:", b"".join(toClient).decode("latin-1"), sep="\n")
 
-    client.socket = _StandInSocket(realClient, REQUEST, client.bufferSize)
-    backend.socket = _StandInSocket(realBackend, RESPONSE, backend.bufferSize)
+    client.socket = _StandInSocket(realClient, requestPayloads, client.bufferSize)
+    backend.socket = _StandInSocket(realBackend, responsePayloads, backend.bufferSize)
     reactor._poller = _StandInPoller(
         [(client.fileno(), EPOLLIN), (backend.fileno(), EPOLLIN)] * _BATCH
     )
@@ -300,6 +402,19 @@ def main() -> None:
         for _ in range(requests):
             request(REQUEST)
             response(RESPONSE)
+
+    if args.varied:
+        pairs = list(zip(
+            islice(cycle(requestPayloads), _VARIED),
+            islice(cycle(responsePayloads), _VARIED),
+            strict=True,
+        ))
+
+        def protocols() -> None:
+            request, response = proto.dataReceived, connection.dataReceived
+            for requestBytes, responseBytes in islice(cycle(pairs), requests):
+                request(requestBytes)
+                response(responseBytes)
 
     if args.profile:
         profiler = cProfile.Profile()

@@ -42,6 +42,12 @@ exact bytes: when the same bytes come again as a whole head, parsing them
 can only give the same answer, and the reader reports that answer without
 parsing.  Only heads whose body llhttp has no part in are remembered (a
 length, or none), so llhttp's state never depends on what was skipped.
+
+Most reads are more than a head: the whole response, head and body, and
+nothing after it.  One that came after a remembered head, in a read of at
+most 4 KiB, is remembered too, by all its bytes: the same read again is the
+same whole response, found with one lookup, without looking for the end
+of its head or cutting it from its body.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ MAX_INTERIM_RESPONSES = 16
 _HEAD_END = b"\r\n\r\n"
 _LINE_ENDS = (b"\r", b"\n")
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+_STATUS_LINE_VERSIONS = {b"HTTP/1.1 ": (1, 1), b"HTTP/1.0 ": (1, 0)}
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -84,6 +91,14 @@ _MAX_KNOWN_HEADS = 512
 # Longer heads are not remembered: the tables stay small (a few MiB at most)
 # and heads that long seldom repeat.
 _MAX_KNOWN_HEAD_SIZE = 4096
+# Whole responses (a remembered head, its whole body and nothing after it, in
+# one read of at most _MAX_KNOWN_HEAD_SIZE bytes), by the exact bytes of the
+# read, for responses to HEAD and to the rest: the size of the head, then
+# what _responseWhole reports.  Emptied when _MAX_KNOWN_HEADS are held.
+_Whole = tuple[int, tuple[int, int], int, bytes, tuple[tuple[bytes, bytes], ...],
+               ResponseFraming, bytes]
+_KNOWN_RESPONSES: dict[bytes, _Whole] = {}
+_KNOWN_HEAD_RESPONSES: dict[bytes, _Whole] = {}
 
 
 class ResponseSink(TypingProtocol):
@@ -178,6 +193,21 @@ class _Phase(enum.Enum):
     done = "done"
 
 
+# The phases and body kinds as module constants, read so on every response:
+# CPython 3.11 does not specialize reading an attribute of a class, and
+# reading a member from its enum class costs some 70 ns, a module constant 5.
+_IDLE = _Phase.idle
+_HEAD = _Phase.head
+_LENGTH = _Phase.length
+_CHUNKED = _Phase.chunked
+_CLOSE = _Phase.close
+_DONE = _Phase.done
+_BODY_NONE = Body.NONE
+_BODY_LENGTH = Body.LENGTH
+_BODY_CHUNKED = Body.CHUNKED
+_BODY_CLOSE = Body.CLOSE
+
+
 class _Overrun(Exception):
     """
     Raised from an llhttp callback to stop it at bytes after a message.
@@ -203,7 +233,7 @@ class ResponseReader:
         """
         self._sink = sink
         self._maxHeadSize = maxHeadSize
-        self._phase = _Phase.idle
+        self._phase = _IDLE
         self._stopped = False
         self._parser: HttpResponseParser | None = None
         self._method = b"GET"
@@ -229,6 +259,9 @@ class ResponseReader:
     def expect(self, method: bytes) -> None:
         """
         A request with C{method} was sent: read its response.
+
+        L{txlb.protocols.upstream.UpstreamConnection.sendRequest} does the
+        same inline, once per request: keep the two alike.
         """
         self._method = method
         self._interim = 0
@@ -237,47 +270,73 @@ class ResponseReader:
         # read through llhttp (see L{_readHeads}); most are not.
         self._headSize = 0
         self._stopped = False
-        self._phase = _Phase.head
+        self._phase = _HEAD
 
     def stop(self) -> None:
         """
         Report nothing more for this response.
         """
         self._stopped = True
-        self._phase = _Phase.done
+        self._phase = _DONE
 
     @property
     def inBody(self) -> bool:
         """
         C{True} while the final response's body is being read.
         """
-        return self._phase in (_Phase.length, _Phase.chunked, _Phase.close)
+        return self._phase in (_LENGTH, _CHUNKED, _CLOSE)
 
     def feed(self, data: bytes) -> None:
         """
         Read C{data}, the next bytes from the backend.
         """
         phase = self._phase
-        if phase is _Phase.head:
+        if phase is _HEAD:
             if not self._headSize:
-                # The head starts with this read: it may be one remembered
-                # (_readHeads, for the usual case, without its loop).
+                # The head starts with this read: it may be a whole response
+                # remembered, or one remembered head (_readHeads, for the
+                # usual case, without its loop).
+                toHead = self._method == b"HEAD"
+                whole = (_KNOWN_HEAD_RESPONSES if toHead else _KNOWN_RESPONSES).get(data)
+                if whole is not None:
+                    end, version, status, reason, headers, framing, body = whole
+                    if end <= self._maxHeadSize:
+                        # As below, for a head and body remembered together.
+                        self._headSize = end
+                        self._headers = None
+                        self.framing = framing
+                        self._phase = _DONE
+                        self._sink._responseWhole(
+                            version, status, reason, headers, framing, body
+                        )
+                        return
                 end = data.find(_HEAD_END) + 4
                 if 3 < end <= self._maxHeadSize:
-                    known = (
-                        _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
-                    ).get(data if end == len(data) else data[:end])
+                    size = len(data)
+                    known = (_KNOWN_HEAD_HEADS if toHead else _KNOWN_HEADS).get(
+                        data if end == size else data[:end]
+                    )
                     if known is not None:
                         self._headSize = end
-                        version, status, reason, headers, framing, size = known
-                        if len(data) - end == size:
+                        version, status, reason, headers, framing, length = known
+                        if size - end == length:
                             # The whole response and nothing more (see
                             # _final): most responses.
                             self._headers = None
                             self.framing = framing
-                            self._phase = _Phase.done
+                            self._phase = _DONE
+                            body = data[end:]
+                            if size <= _MAX_KNOWN_HEAD_SIZE:
+                                wholes = (
+                                    _KNOWN_HEAD_RESPONSES if toHead else _KNOWN_RESPONSES
+                                )
+                                if len(wholes) >= _MAX_KNOWN_HEADS:
+                                    wholes.clear()
+                                wholes[data] = (
+                                    end, version, status, reason, headers, framing, body
+                                )
                             self._sink._responseWhole(
-                                version, status, reason, headers, framing, data[end:]
+                                version, status, reason, headers, framing, body
                             )
                             return
                         self._final(
@@ -285,11 +344,11 @@ class ResponseReader:
                         )
                         return
             self._readHeads(data)
-        elif phase is _Phase.length:
+        elif phase is _LENGTH:
             self._readLength(data)
-        elif phase is _Phase.chunked:
+        elif phase is _CHUNKED:
             self._readChunked(data)
-        elif phase is _Phase.close:
+        elif phase is _CLOSE:
             self._sink._responseBody(data, False)
 
     def connectionClosed(self, clean: bool) -> bool:
@@ -299,8 +358,8 @@ class ResponseReader:
         @return: C{True} when that completed the response: a close-delimited
             body ends at a clean close; everything else was cut short.
         """
-        completed = self._phase is _Phase.close and clean
-        self._phase = _Phase.done
+        completed = self._phase is _CLOSE and clean
+        self._phase = _DONE
         return completed
 
     # Heads
@@ -412,11 +471,16 @@ class ResponseReader:
         assert parser is not None
         status = parser.get_status_code()
         reason, headers = self._reason, self._headers
-        rawVersion = parser.get_http_version()
-        version = _VERSIONS.get(rawVersion)
+        # A head read whole starts with its status line, which llhttp
+        # accepted: its first bytes say the version at a quarter of the cost
+        # of asking llhttp (which formats a string).
+        version = None if head is None else _STATUS_LINE_VERSIONS.get(head[:9])
         if version is None:
-            major, _, minor = rawVersion.partition(".")
-            version = (int(major), int(minor))
+            rawVersion = parser.get_http_version()
+            version = _VERSIONS.get(rawVersion)
+            if version is None:
+                major, _, minor = rawVersion.partition(".")
+                version = (int(major), int(minor))
         try:
             framing = validateResponseHeaders(version, status, headers, self._method)
         except HeaderError as e:
@@ -432,21 +496,21 @@ class ResponseReader:
             sink._responseInformational(status, reason, headers)
             return bool(rest) and not self._stopped
         body = framing.body
-        if not self._messageDone and body is not Body.CHUNKED:
+        if not self._messageDone and body is not _BODY_CHUNKED:
             # llhttp still expects a body it will not be fed (HEAD, or a
             # length or close-delimited body counted here): start afresh.
             self._parser = None
         if (
             head is not None
             and status != 101
-            and (body is Body.LENGTH or body is Body.NONE)
+            and (body is _BODY_LENGTH or body is _BODY_NONE)
             and len(head) <= _MAX_KNOWN_HEAD_SIZE
         ):
             known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
             if len(known) >= _MAX_KNOWN_HEADS:
                 known.clear()
             headers = tuple(headers)
-            size = framing.contentLength if body is Body.LENGTH else 0
+            size = framing.contentLength if body is _BODY_LENGTH else 0
             known[head] = (version, status, reason, headers, framing, size)
         return self._final(version, status, reason, headers, framing, rest)
 
@@ -471,11 +535,11 @@ class ResponseReader:
         self.framing = framing
         body = framing.body
         if status != 101 and (
-            (body is Body.LENGTH and len(rest) == framing.contentLength)
-            or (body is Body.NONE and not rest)
+            (body is _BODY_LENGTH and len(rest) == framing.contentLength)
+            or (body is _BODY_NONE and not rest)
         ):
             # The whole response, and nothing after it: most responses.
-            self._phase = _Phase.done
+            self._phase = _DONE
             sink._responseWhole(version, status, reason, headers, framing, rest)
             return False
         # Whether the sink hears more of this response before feed returns:
@@ -484,14 +548,14 @@ class ResponseReader:
         error = None
         if status == 101:
             self._parser = None
-            phase = _Phase.done
+            phase = _DONE
             more = True
-        elif body is Body.LENGTH and framing.contentLength:
-            phase = _Phase.length
+        elif body is _BODY_LENGTH and framing.contentLength:
+            phase = _LENGTH
             self._remaining = framing.contentLength
             more = bool(rest)
-        elif body is Body.CHUNKED:
-            phase = self._phase = _Phase.chunked
+        elif body is _BODY_CHUNKED:
+            phase = self._phase = _CHUNKED
             self._tail = b""
             more = False
             if rest:
@@ -499,28 +563,28 @@ class ResponseReader:
                 # anything of the body follows at once.
                 error = self._feedChunked(rest)
                 more = error is not None or bool(self._pieces) or self._messageDone
-        elif body is Body.CLOSE:
-            phase = _Phase.close
+        elif body is _BODY_CLOSE:
+            phase = _CLOSE
             more = bool(rest)
         else:
-            phase = _Phase.done
+            phase = _DONE
             more = True
         self._phase = phase
         sink._responseHead(
-            version, status, reason, headers, framing, more, phase is not _Phase.done
+            version, status, reason, headers, framing, more, phase is not _DONE
         )
         if self._stopped:
             return False
-        if self._phase is _Phase.done:
+        if self._phase is _DONE:
             if status == 101:
                 sink._responseUpgraded(rest)
             else:
                 # No body: the response ends with its head.
                 sink._responseDone(bool(rest))
         elif rest:
-            if phase is _Phase.length:
+            if phase is _LENGTH:
                 self._readLength(rest)
-            elif phase is _Phase.chunked:
+            elif phase is _CHUNKED:
                 self._reportChunked(error)
             else:
                 self.feed(rest)
@@ -541,8 +605,8 @@ class ResponseReader:
         self._remaining = 0
         extra = size > remaining
         self._sink._responseBody(data[:remaining] if extra else data, True)
-        if self._phase is _Phase.length:
-            self._phase = _Phase.done
+        if self._phase is _LENGTH:
+            self._phase = _DONE
             self._sink._responseDone(extra)
 
     def _readChunked(self, data: bytes) -> None:
@@ -586,20 +650,20 @@ class ResponseReader:
                 pieces[0] if len(pieces) == 1 else b"".join(pieces),
                 self._messageDone,
             )
-            if self._phase is not _Phase.chunked:
+            if self._phase is not _CHUNKED:
                 return
         if self._messageDone:
             # The message ends with CRLFCRLF after a byte that is neither:
             # a CR or LF there means CR or LF bytes followed it.
             extra = self._overrun or self._tail[:1] in _LINE_ENDS
-            self._phase = _Phase.done
+            self._phase = _DONE
             self._sink._responseDone(extra)
 
     def _bad(self, reason: str) -> None:
         """
         Report a malformed response; read nothing more.
         """
-        self._phase = _Phase.done
+        self._phase = _DONE
         self._parser = None
         self._sink._responseBad(reason)
 

@@ -91,6 +91,10 @@ __all__ = [
 ]
 
 _S = ConnectionState
+# As in txlb.protocols._upstreamconn: module constants cost less to read.
+_CONNECTING = _S.connecting
+_READY = _S.ready
+_IDLE = _S.idle
 _GONE = frozenset({_S.closing, _S.closed})
 
 # Connect failures that are the network's doing: one log line, no traceback.
@@ -149,7 +153,7 @@ class _ConnectionFactory(Factory):
         """
         self.abandoned = True
         for conn in self.built:
-            if conn.state is _S.connecting and conn.transport is not None:
+            if conn.state is _CONNECTING and conn.transport is not None:
                 conn._closeNow(abort=True)
 
 
@@ -253,7 +257,7 @@ class UpstreamPool:
             return None
         conn = idle.pop()
         # conn._checkout(True), inline.
-        conn.state = ConnectionState.ready
+        conn.state = _READY
         conn.reused = True
         self.connectionsReused += 1
         return conn
@@ -377,7 +381,7 @@ class UpstreamPool:
             conn._closeNow(abort=False)
             return
         # conn._makeIdle(now), inline for a connection with nothing to undo.
-        conn.state = _S.idle
+        conn.state = _IDLE
         now = conn._idleSince = self.reactor.seconds()
         if conn._paused or getattr(conn.transport, "producer", None) is not None:
             conn._makeIdle(now)
@@ -405,7 +409,7 @@ class UpstreamPool:
         """
         C{conn}'s connection ended while it was in C{state}.
         """
-        if state is _S.idle:
+        if state is _IDLE:
             self._removeIdle(conn)
         self._connections.discard(conn)
         self._maybeClosed()

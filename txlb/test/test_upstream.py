@@ -140,6 +140,48 @@ class ResponseTests(SynchronousTestCase):
             self.transport.value(), b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
         )
 
+    def test_sendRequestReadsAsExpect(self):
+        """
+        C{sendRequest} readies the reader for the response as
+        L{ResponseReader.expect} does (it does the same inline).
+        """
+        readers = []
+        for inline in (True, False):
+            harness = PoolHarness()
+            conn, _ = harness.open()
+            send(conn)
+            conn.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n" + OK_CHUNKED)
+            conn = harness.checkout()
+            if inline:
+                send(conn, b"HEAD")
+            else:
+                conn._reader.expect(b"HEAD")
+            state = dict(vars(conn._reader))
+            del state["_sink"]
+            # Each has its own llhttp parser, kept after the chunked body.
+            state["_parser"] = type(state["_parser"])
+            readers.append(state)
+        self.assertEqual(readers[0], readers[1])
+
+    def test_versionWholeOrSplit(self):
+        """
+        The version reported is the status line's, whether the head came in
+        one read (read from its first bytes) or over several (from llhttp).
+        """
+        _upstreamparse._KNOWN_HEADS.clear()
+        for version in (b"1.0", b"1.1"):
+            response = b"HTTP/%s 200 OK\r\nContent-Length: 0\r\n\r\n" % (version,)
+            for reads in ([response], [response[:5], response[5:]]):
+                _upstreamparse._KNOWN_HEADS.clear()
+                harness = PoolHarness()
+                conn, _ = harness.open()
+                exchange = send(conn)
+                for data in reads:
+                    conn.dataReceived(data)
+                self.assertEqual(
+                    tuple(map(int, version.split(b"."))), exchange.head[0]
+                )
+
     def test_contentLength(self):
         """
         A length body is delivered and the response completes at its end.
@@ -497,6 +539,8 @@ class KnownHeadTests(SynchronousTestCase):
     def setUp(self):
         _upstreamparse._KNOWN_HEADS.clear()
         _upstreamparse._KNOWN_HEAD_HEADS.clear()
+        _upstreamparse._KNOWN_RESPONSES.clear()
+        _upstreamparse._KNOWN_HEAD_RESPONSES.clear()
         self.harness = PoolHarness()
         self.conn, self.transport = self.harness.open()
 
@@ -572,12 +616,14 @@ class KnownHeadTests(SynchronousTestCase):
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
         send(self.conn)
         self.conn.dataReceived(head + b"hello")
-        for _ in range(2):
+        # Parsed, then a remembered head, then a remembered whole response.
+        for _ in range(3):
             exchange = self.again(b"HEAD")
             self.conn.dataReceived(head)
             self.assertEqual(["started", "complete"], exchange.names())
             self.assertEqual(Body.NONE, exchange.head[4].body)
         self.assertIn(head, _upstreamparse._KNOWN_HEAD_HEADS)
+        self.assertEqual([head], list(_upstreamparse._KNOWN_HEAD_RESPONSES))
         exchange = self.again()
         self.conn.dataReceived(head + b"hello")
         self.assertEqual(["started", "body", "complete"], exchange.names())
@@ -618,6 +664,99 @@ class KnownHeadTests(SynchronousTestCase):
             send(conn)
             conn.dataReceived(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
         self.assertEqual(1, len(_upstreamparse._KNOWN_HEADS))
+
+    def test_wholeResponseRemembered(self):
+        """
+        A whole response read after its head was remembered is remembered
+        by all its bytes; the same read again gives the same events, the
+        same body, and the same head tuple, and the connection is pooled.
+        """
+        first = send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual({}, _upstreamparse._KNOWN_RESPONSES)
+        events = [first]
+        for _ in range(2):
+            events.append(self.again())
+            self.conn.dataReceived(OK_LENGTH)
+            self.assertEqual(1, self.harness.pool.idleCount())
+        self.assertEqual([OK_LENGTH], list(_upstreamparse._KNOWN_RESPONSES))
+        self.assertEqual({}, _upstreamparse._KNOWN_HEAD_RESPONSES)
+        for exchange in events[1:]:
+            self.assertEqual(events[0].events, exchange.events)
+            self.assertEqual(events[0].head, exchange.head)
+            self.assertEqual(b"hello", exchange.body)
+            self.assertTrue(exchange.whole)
+        # The head tuple is the remembered head's: what is made of it
+        # downstream can be remembered by it.
+        self.assertIs(
+            _upstreamparse._KNOWN_HEADS[OK_LENGTH[:-5]][3],
+            _upstreamparse._KNOWN_RESPONSES[OK_LENGTH][4],
+        )
+
+    def test_wholeResponseOtherBody(self):
+        """
+        A remembered head with another body of the same length is a whole
+        response of its own: its own body is reported.
+        """
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        exchange = self.again()
+        self.conn.dataReceived(OK_LENGTH[:-5] + b"world")
+        self.assertEqual(b"world", exchange.body)
+        self.assertEqual(2, len(_upstreamparse._KNOWN_RESPONSES))
+
+    def test_wholeResponseHeadMethodApart(self):
+        """
+        A whole response remembered for GET is not one for HEAD: there its
+        bytes are a head followed by bytes too many.
+        """
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertIn(OK_LENGTH, _upstreamparse._KNOWN_RESPONSES)
+        exchange = self.again(b"HEAD")
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual(["started", "complete"], exchange.names())
+        self.assertEqual(0, self.harness.pool.idleCount())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_wholeResponseHeadLimitStillApplies(self):
+        """
+        A remembered whole response whose head is over another pool's
+        C{maxResponseHeadSize} is refused there.
+        """
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertIn(OK_LENGTH, _upstreamparse._KNOWN_RESPONSES)
+        harness = PoolHarness(maxResponseHeadSize=20)
+        conn, _ = harness.open()
+        exchange = send(conn)
+        conn.dataReceived(OK_LENGTH)
+        exchange.failure.trap(BadResponse)
+
+    def test_wholeResponsesBounded(self):
+        """
+        Whole responses over 4 KiB are not remembered, and those remembered
+        are bounded: once full, the table starts over.
+        """
+        big = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"b" * 4096
+        for _ in range(2):
+            send(self.conn)
+            self.conn.dataReceived(big)
+            self.conn = self.harness.checkout()
+        self.assertEqual({}, _upstreamparse._KNOWN_RESPONSES)
+        limit = _upstreamparse._MAX_KNOWN_HEADS
+        # The first parses the head; each after it is a whole response.
+        for i in range(limit + 2):
+            send(self.conn)
+            self.conn.dataReceived(OK_LENGTH[:-5] + b"%05d" % i)
+            self.conn = self.harness.checkout()
+        self.assertEqual(1, len(_upstreamparse._KNOWN_RESPONSES))
 
 
 class ReuseTests(SynchronousTestCase):
