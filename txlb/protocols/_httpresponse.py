@@ -35,6 +35,11 @@ from txlb.protocols.upstream import (
 )
 
 
+# Read on every streamed response: a module constant costs a few
+# nanoseconds, a member read from its enum class some 70 (CPython 3.11).
+_BODY_CHUNKED = Body.CHUNKED
+
+
 class _ResponseRelay:
     """
     The response half of L{txlb.protocols.http.HTTPProxyProtocol}.
@@ -131,7 +136,7 @@ class _ResponseRelay:
         return head
 
     def responseBody(self, request: ProxiedRequest, data: bytes) -> None:
-        if request.plan.body is Body.CHUNKED:
+        if request.plan.body is _BODY_CHUNKED:
             if not data:
                 return
             data = b"%x\r\n%s\r\n" % (len(data), data)
@@ -158,7 +163,7 @@ class _ResponseRelay:
     def responseComplete(self, exchange: _Exchange) -> None:
         request = exchange.request
         held, request.held = request.held, None
-        if request.plan.body is Body.CHUNKED:
+        if request.plan.body is _BODY_CHUNKED:
             request.bytesOut += 5
             held = (held or b"") + b"0\r\n\r\n"
         if held is not None:
