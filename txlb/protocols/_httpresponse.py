@@ -34,7 +34,6 @@ from txlb.protocols.upstream import (
     UpstreamConnection,
 )
 
-
 # Read on every streamed response: a module constant costs a few
 # nanoseconds, a member read from its enum class some 70 (CPython 3.11).
 _BODY_CHUNKED = Body.CHUNKED
