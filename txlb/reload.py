@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, DeferredList
 from twisted.logger import Logger
 
 from txlb.config import Config, ListenerConfig, PoolConfig
@@ -130,6 +130,9 @@ def applyConfig(service: TxlbService, new: Config) -> str:
         raise StartupError(f"{new.source}: cannot apply: {e}") from e
 
     # ---- commit: pools
+    # Checkers of pools new with this reload: a listener new with it waits
+    # for their first round before it accepts, as at startup.
+    warming: dict[str, Any] = {}
     for name in set(service.pools) - set(pools):
         _removePool(service, name)
         changes.append(f"pool {name} removed")
@@ -137,7 +140,9 @@ def applyConfig(service: TxlbService, new: Config) -> str:
         pool = pools[poolConfig.name]
         if poolConfig.name not in service.pools:
             service.pools[poolConfig.name] = pool
-            service.addHealthChecker(poolConfig, pool)
+            checker = service.addHealthChecker(poolConfig, pool)
+            if checker is not None:
+                warming[poolConfig.name] = checker
             changes.append(f"pool {poolConfig.name} added")
             continue
         changes.extend(
@@ -172,7 +177,9 @@ def applyConfig(service: TxlbService, new: Config) -> str:
                     f"listener {listener.name} is now {listener.layer} on {listener.endpoint}"
                 )
             fresh.setServiceParent(service.listeners)
-            fresh.resumeAccepting()
+            _acceptWhenWarm(fresh, [
+                warming[name] for name in _poolsOf(listener) if name in warming
+            ])
             continue
         assert running is not None
         if running.listener != listener:
@@ -195,6 +202,33 @@ def applyConfig(service: TxlbService, new: Config) -> str:
         changes.append("adding or removing [admin] needs a restart")
     service.config = new
     return "; ".join(changes) if changes else "no changes"
+
+
+def _poolsOf(listener: ListenerConfig) -> set[str]:
+    """
+    @return: the names of the pools C{listener} may send traffic to.
+    """
+    return {listener.pool, *(route.pool for route in listener.routes)}
+
+
+def _acceptWhenWarm(fresh: ListenerService, checkers: list[Any]) -> None:
+    """
+    Let C{fresh}, a listener bound by this reload, accept: at once, or,
+    when it uses pools this reload added with health checks (C{checkers}),
+    once each has finished its first round, so that its first clients do
+    not find every server of those pools still pending.
+    """
+    if not checkers:
+        fresh.resumeAccepting()
+        return
+
+    def warm(_: object) -> None:
+        if fresh.running and fresh.parent is not None:
+            fresh.resumeAccepting()
+
+    DeferredList(
+        [checker.whenReady() for checker in checkers], consumeErrors=True
+    ).addCallback(warm)
 
 
 def _oldPool(config: Config, name: str) -> PoolConfig | None:

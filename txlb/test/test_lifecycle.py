@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.config import Config, ConfigError, parseConfig
 from txlb.pool import AdminState
-from txlb.service import TxlbService
+from txlb.service import ListenerService, TxlbService
 
 
 def fullConfig(
@@ -548,6 +548,36 @@ class ReloadTests(SynchronousTestCase):
             "tcp:port=9999:interface=0.0.0.0:backlog=1024: address already in use",
             lines,
         )
+
+    def test_newListenerWaitsForNewPool(self) -> None:
+        """
+        A listener added by a reload that uses a pool added with it, with a
+        health check, accepts once that pool's first round is over (as at
+        startup); one added on a running pool accepts at once.
+        """
+        reactor = MemoryReactorClock()
+        service, configs = self.reloading(fullConfig(), reactor)
+        resumed: list[str] = []
+        self.patch(
+            ListenerService, "resumeAccepting",
+            lambda listener: resumed.append(listener.listener.name),
+        )
+        configs.append(fullConfig(
+            {"app": [3000, 3001], "fresh": [3002]},
+            listeners={
+                "web": {"port": 8080, "layer": "L7", "pool": "app"},
+                "api": {"port": 8090, "layer": "L4", "pool": "fresh"},
+                "more": {"port": 8091, "layer": "L4", "pool": "app"},
+            },
+            pools={"fresh": {"health_check": {"interval": 1, "timeout": 0.5, "jitter": 0}}},
+        ))
+        self.assertTrue(service.reload())
+        self.assertEqual(resumed, ["more"])
+        reactor.advance(0.4)
+        self.assertEqual(resumed, ["more"])
+        # The first round's checks time out: the round is over.
+        reactor.advance(0.2)
+        self.assertEqual(resumed, ["more", "api"])
 
     def test_listenerAddedAndRemoved(self) -> None:
         """
