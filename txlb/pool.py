@@ -463,6 +463,18 @@ class Pool:
         """
         return len(self._waiting)
 
+    def closeQueue(self, why: str) -> None:
+        """
+        The pool is going away (a reload removed it): every connection or
+        request waiting in its queue gives up now, as if its queue timeout
+        had passed (L{QueueTimeout} with C{why}), instead of waiting for it.
+        """
+        while self._waiting:
+            waiter = self._waiting[0]
+            waiter._leave()
+            self.dropped["queue_timeout"] += 1
+            waiter.deferred.errback(QueueTimeout(f"pool {self.name}: {why}"))
+
     def availabilityChanged(self) -> None:
         """
         A backend may have become usable (health, ejection, breaker, a new

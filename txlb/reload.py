@@ -276,6 +276,7 @@ def _removePool(service: TxlbService, name: str) -> None:
             checker.disownServiceParent()
             checker.stopService()
     _dropBackends(service, pool, list(pool.backends))
+    pool.closeQueue("removed by a reload")
     detector = pool.outlierDetector
     if detector is not None:
         detector.stop()

@@ -16,7 +16,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from txlb.config import Config, ConfigError, parseConfig
-from txlb.pool import AdminState
+from txlb.pool import AdminState, QueueTimeout
 from txlb.service import ListenerService, TxlbService
 
 
@@ -578,6 +578,25 @@ class ReloadTests(SynchronousTestCase):
         # The first round's checks time out: the round is over.
         reactor.advance(0.2)
         self.assertEqual(resumed, ["more", "api"])
+
+    def test_removedPoolFailsItsQueue(self) -> None:
+        """
+        What waits in the queue of a pool a reload removes gives up at
+        once, instead of at its queue timeout.
+        """
+        service, configs = self.reloading(fullConfig(
+            {"app": [3000], "old": [3001]},
+            pools={"old": {"max_queue": 5, "queue_timeout": 30}},
+        ))
+        old = service.pools["old"]
+        (backend,) = old.backends
+        backend.maxConnections = 1
+        backend.acquire()
+        waiting = old.wait()
+        configs.append(fullConfig({"app": [3000]}))
+        self.assertTrue(service.reload())
+        self.failureResultOf(waiting, QueueTimeout)
+        backend.release()
 
     def test_listenerAddedAndRemoved(self) -> None:
         """

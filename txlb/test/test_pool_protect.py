@@ -209,6 +209,20 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(self.pool.queued, 0)
         self.assertEqual(self.pool.dropped["queue_timeout"], 1)
 
+    def test_closeQueue(self) -> None:
+        """
+        Closing the queue (the pool is removed) fails every waiter at once,
+        as a timeout naming why, and leaves no timer.
+        """
+        first, second = self.pool.wait(), self.pool.wait()
+        self.pool.closeQueue("removed by a reload")
+        for d in (first, second):
+            f = self.failureResultOf(d, QueueTimeout)
+            self.assertEqual(str(f.value), "pool app: removed by a reload")
+        self.assertEqual(self.pool.queued, 0)
+        self.assertEqual(self.pool.dropped["queue_timeout"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_cancelLeaves(self) -> None:
         """
         Cancelling a wait (the client left) leaves the queue and its timer.
