@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address
 from txlb.protocols.headers import ForwardingPolicy
 from txlb.ratelimit import TokenBucketTable
 from txlb.test.fakeupstream import CLIENT_ADDRESS, LISTENER_ADDRESS, ClientTransport
-from txlb.test.test_http import ProxyTestCase, get, parseResponses, post
+from txlb.test.proxycase import ProxyTestCase, get, parseResponses, post
 
 
 class RateLimitTests(ProxyTestCase):

@@ -16,7 +16,7 @@ from txlb.protocols.http import (
 )
 from txlb.protocols.upstream import ResponseTimeout
 from txlb.routing import Router
-from txlb.test.test_http import ProxyTestCase, get, parseResponses, post, statuses
+from txlb.test.proxycase import ProxyTestCase, get, parseResponses, post, statuses
 
 
 class BodyTimeoutTests(ProxyTestCase):
