@@ -57,6 +57,10 @@ _MAX_CLIENT_HEADS = 256
 # and the longest it remembers: at most 1 MiB of them.
 _MAX_KNOWN_REQUESTS = 256
 _MAX_KNOWN_REQUEST_SIZE = 4096
+# How many whole request reads a listener remembers having seen (by their
+# hashes), so that one is remembered only when it comes again; emptied when
+# full.
+_MAX_SEEN_REQUESTS = 1024
 
 
 
@@ -240,12 +244,15 @@ class _FactoryBase(ServerFactory):
         self._ids = itertools.count(1)
         self._idPrefix = os.urandom(6).hex().encode("ascii")
         self.knownRequests: dict[bytes, _KnownRequest] = {}
+        # The hashes of whole request reads parsed once (see
+        # _RequestReader.on_message_complete).
+        self.seenRequests: set[int] = set()
 
     def rememberRequest(self, data: bytes, request: ProxiedRequest) -> None:
         """
         C{request}, routed and without a body, was parsed from C{data}, one
         whole read that started at a message boundary and held nothing
-        else: remember it, if it is plain enough that the same bytes will
+        else, and seen before: remember it, if it is plain enough that the same bytes will
         always be the same request (an HTTP/1.1 keep-alive request that
         asks for nothing special of the connection) and at most
         C{_MAX_KNOWN_REQUEST_SIZE} bytes.
@@ -415,6 +422,8 @@ class ProxiedRequest:
     # When its first try started (reactor.seconds()); 0 before.
     firstTry = 0.0
     headerSize = 0
+    # How many of its header lines headerSize counts, while its head is read.
+    headersCounted = 0
     headerPending = 0
     error: _Reject | None = None
     body: Any = ()

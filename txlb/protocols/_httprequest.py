@@ -6,7 +6,14 @@ reports, and queues each request (or its refusal).
 Most requests a listener sees are the same few plain heads over and over.
 A read that is exactly one whole head it has parsed, checked and routed
 before, at a message boundary, is that request again (L{_KnownRequest}): it
-is queued without being parsed.
+is queued without being parsed.  A head is remembered the second time it is
+parsed: traffic whose heads vary (cookies, queries) would otherwise pay for
+remembering every one.
+
+The httptools callbacks do as little as they can: each runs in Python, and
+L{on_header} runs for every header line, so it only collects the lines; the
+head is counted against C{maxHeaderSize} once it ends (or at the end of
+each read, while it spans reads).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import httptools
 from twisted.python.failure import Failure
 
 from txlb.protocols._httpparts import (
+    _MAX_SEEN_REQUESTS,
     BODY_HIGH_WATER,
     MAX_PIPELINE,
     ProxiedRequest,
@@ -38,6 +46,24 @@ from txlb.protocols.headers import (
 
 # Paths a listener with C{stats = true} answers itself.
 _LOCAL_PATHS = frozenset((b"/lb-health", b"/lb-stats"))
+
+_HTTP11 = (1, 1)
+_HTTP10 = (1, 0)
+# The versions txlb serves, as httptools spells them, and as the end of a
+# request line spells them.
+_VERSIONS = {"1.1": _HTTP11, "1.0": _HTTP10}
+_REQUEST_LINE_VERSIONS = {b" HTTP/1.1": _HTTP11, b" HTTP/1.0": _HTTP10}
+
+
+def _linesSize(headers: list[tuple[bytes, bytes]], start: int) -> int:
+    """
+    @return: what the header lines from C{start} on count against
+        C{maxHeaderSize}: their names and values, and 4 bytes each.
+    """
+    size = 0
+    for name, value in headers[start:] if start else headers:
+        size += len(name) + len(value) + 4
+    return size
 
 
 def _rateLimited(wait: float) -> tuple[int, str, tuple[bytes, ...]]:
@@ -106,7 +132,10 @@ class _RequestReader:
         except httptools.HttpParserError as e:
             if self.closing:
                 return
-            if isinstance(e, httptools.HttpParserInvalidMethodError):
+            if self.headTooLarge():
+                # Over the limit before the error (see on_header).
+                self.rejectParsing(431, "request header block too large")
+            elif isinstance(e, httptools.HttpParserInvalidMethodError):
                 self.rejectParsing(400, "invalid method")
             elif isinstance(e, httptools.HttpParserInvalidURLError):
                 self.rejectParsing(400, "invalid request target")
@@ -156,20 +185,42 @@ class _RequestReader:
 
     def checkPendingHead(self, received: int) -> None:
         """
-        Bound the part of a request head that httptools holds before
-        reporting it (a header line is reported only once it ends): a read
-        during which no part of the head was reported belongs to it whole.
+        Bound a request head that spans reads: count the header lines
+        reported during this read (L{on_header} only collects them), and
+        the part that httptools holds before reporting it (a header line is
+        reported only once it ends): a read during which no part of the
+        head was reported belongs to it whole.
         """
         request = self.parsing
-        if request is None or request.framing is not None or self.ignoreInput:
+        if request is None or self.ignoreInput:
             return
-        if self.headProgress:
+        headers = request.headers
+        counted = request.headersCounted
+        if len(headers) != counted:
+            # Header lines (or, after a chunked body, trailer lines) came.
+            request.headerSize += _linesSize(headers, counted)
+            request.headersCounted = len(headers)
+            self.headProgress = True
+        if request.framing is not None:
+            pending = 0
+        elif self.headProgress:
             self.headProgress = False
-            request.headerPending = 0
-            return
-        request.headerPending += received
-        if request.headerSize + request.headerPending > self.factory.settings.maxHeaderSize:
+            pending = request.headerPending = 0
+        else:
+            pending = request.headerPending = request.headerPending + received
+        if request.headerSize + pending > self.factory.settings.maxHeaderSize:
             self.rejectParsing(431, "request header block too large")
+
+    def headTooLarge(self) -> bool:
+        """
+        @return: the header (or trailer) lines of the request being read,
+            reported but not counted yet, put it over C{maxHeaderSize}.
+        """
+        request = self.parsing
+        if request is None:
+            return False
+        size = request.headerSize + _linesSize(request.headers, request.headersCounted)
+        return size > self.factory.settings.maxHeaderSize
 
     def rejectParsing(self, status: int, reason: str,
                       headers: tuple[bytes, ...] = (), counter: str = "rejected") -> None:
@@ -252,12 +303,11 @@ class _RequestReader:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headProgress = True
-        request = self.parsing
-        request.headerSize += len(name) + len(value) + 4
-        if request.headerSize > self.factory.settings.maxHeaderSize:
-            raise _Reject(431, "request header block too large")
-        request.headers.append((name, value))
+        # Called for every header line: it only collects them.  They are
+        # counted against maxHeaderSize at the end of the head, or of each
+        # read while the head spans reads (checkPendingHead): a read is
+        # bounded, so the lines of one read are too.
+        self.parsing.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         request = self.parsing
@@ -266,17 +316,36 @@ class _RequestReader:
         if not queue:
             # self.timer.clear(), inline.
             self.timer.deadline = None
-        version = parser.get_http_version()
-        if version != "1.1":
-            if version != "1.0":
+        factory = self.factory
+        headers = request.headers
+        size = request.headerSize = request.headerSize + _linesSize(
+            headers, request.headersCounted
+        )
+        request.headersCounted = len(headers)
+        if size > factory.settings.maxHeaderSize:
+            raise _Reject(431, "request header block too large")
+        data = self.wholeRead
+        if data is not None:
+            # The read started with this head, whose request line llhttp
+            # accepted: its end says the version, for less than asking
+            # llhttp (which formats a string).  A read starting with an
+            # empty line is not looked at (the lookup misses).
+            end = data.find(b"\r\n")
+            version = _REQUEST_LINE_VERSIONS.get(data[end - 9:end])
+        else:
+            version = None
+        if version is None:
+            version = _VERSIONS.get(parser.get_http_version())
+            if version is None:
                 request.version = (0, 0)
                 raise _Reject(505, "unsupported HTTP version")
-            request.version = (1, 0)
+        if version is not _HTTP11:
+            request.version = version
         method = request.method = parser.get_method()
         if method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
         try:
-            framing = validateRequestHeaders(request.version, request.headers)
+            framing = validateRequestHeaders(version, headers)
         except HeaderError as e:
             raise _Reject(e.status, e.reason) from None
         target = request.target
@@ -288,12 +357,11 @@ class _RequestReader:
                 request.target = target
                 if host is not None:
                     framing = attrs.evolve(framing, host=host)
-        factory = self.factory
         maxBody = factory.settings.maxBodySize
         if maxBody is not None and (framing.contentLength or 0) > maxBody:
             raise _Reject(413, "request body too large")
         if factory.rateLimit is not None:
-            wait = factory.rateLimit.take(factory.rateKey(self.peer, request.headers))
+            wait = factory.rateLimit.take(factory.rateKey(self.peer, headers))
             if wait:
                 factory.counters["rate_limited"] += 1
                 # Refused in its head: answered, then closed, so its body
@@ -313,7 +381,7 @@ class _RequestReader:
                 self.dispatch()
             return
         l7pool = request.l7pool = factory.pools[
-            factory.router.route(framing.host, target, request.headers)
+            factory.router.route(framing.host, target, headers)
         ]
         l7pool.budget.requests += 1
         request.counted = True
@@ -363,18 +431,31 @@ class _RequestReader:
 
     def on_message_complete(self) -> None:
         request = self.parsing
+        if not request.bodyDone and len(request.headers) != request.headersCounted:
+            # Trailer lines after a chunked body, bounded as the head is.
+            if self.headTooLarge():
+                raise _Reject(431, "request header block too large")
+            request.headerSize += _linesSize(request.headers, request.headersCounted)
         self.parsing = None
         data, self.wholeRead = self.wholeRead, None
         if request.bodyDone:
             # No body: its backend request is (or will be) finished where
             # it is sent.
-            if (
-                data is not None
-                and request.l7pool is not None
-                and data.find(b"\r\n\r\n") == len(data) - 4
-            ):
-                # The read was this request, and nothing else.
-                self.factory.rememberRequest(data, request)
+            if data is not None and request.l7pool is not None:
+                # A read that was one whole request may be remembered (see
+                # _KnownRequest), but only the second time it is seen:
+                # remembering costs more than parsing once, and most
+                # requests of traffic whose heads vary never come again.
+                factory = self.factory
+                seen = factory.seenRequests
+                key = hash(data)
+                if key not in seen:
+                    if len(seen) >= _MAX_SEEN_REQUESTS:
+                        seen.clear()
+                    seen.add(key)
+                elif data.find(b"\r\n\r\n") == len(data) - 4:
+                    # The read was this request, and nothing else.
+                    factory.rememberRequest(data, request)
             return
         request.bodyDone = True
         if self.bodyWatch:

@@ -38,9 +38,11 @@ txlb's own framing rules to every head, interim ones included.
 A backend sends the same few heads over and over (the same status, headers
 and length; a C{Date} that changes once a second).  A final head that
 arrived whole in one read and passed both checks is remembered, by its
-exact bytes: when the same bytes come again as a whole head, parsing them
-can only give the same answer, and the reader reports that answer without
-parsing.  Only heads whose body llhttp has no part in are remembered (a
+exact bytes, the second time it is parsed (the first time, only its hash
+is noted: remembering a head costs more than parsing it once, and heads
+that vary, with a cookie or an ETag of their own, seldom come again): when
+the same bytes come again as a whole head, parsing them can only give the
+same answer, and the reader reports that answer without parsing.  Only heads whose body llhttp has no part in are remembered (a
 length, or none), so llhttp's state never depends on what was skipped.
 
 Most reads are more than a head: the whole response, head and body, and
@@ -99,6 +101,12 @@ _Whole = tuple[int, tuple[int, int], int, bytes, tuple[tuple[bytes, bytes], ...]
                ResponseFraming, bytes]
 _KNOWN_RESPONSES: dict[bytes, _Whole] = {}
 _KNOWN_HEAD_RESPONSES: dict[bytes, _Whole] = {}
+# The hashes of heads parsed once that could be remembered: a head is
+# remembered the second time it is parsed, not the first (remembering costs
+# more than parsing once, and heads that vary seldom come again).  Emptied
+# when full.
+_SEEN_HEADS: set[int] = set()
+_MAX_SEEN_HEADS = 1024
 
 
 class ResponseSink(TypingProtocol):
@@ -343,6 +351,26 @@ class ResponseReader:
                             version, status, reason, headers, framing, data[end:]
                         )
                         return
+                    # A new head, whole in this read: _readHeads, without
+                    # looking for its end or up its bytes again.
+                    self._headTail = b""
+                    self._headDone = False
+                    self._messageDone = False
+                    self._reason = b""
+                    self._headers = []
+                    self._headSize = end
+                    if end == size:
+                        head, rest = data, b""
+                    else:
+                        head, rest = data[:end], data[end:]
+                    if not self._parse(head):
+                        return
+                    if not self._headDone:
+                        self._bad("malformed response head")
+                        return
+                    if self._endHead(rest, head):
+                        self._readHeads(rest)
+                    return
             self._readHeads(data)
         elif phase is _LENGTH:
             self._readLength(data)
@@ -506,12 +534,18 @@ class ResponseReader:
             and (body is _BODY_LENGTH or body is _BODY_NONE)
             and len(head) <= _MAX_KNOWN_HEAD_SIZE
         ):
-            known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
-            if len(known) >= _MAX_KNOWN_HEADS:
-                known.clear()
-            headers = tuple(headers)
-            size = framing.contentLength if body is _BODY_LENGTH else 0
-            known[head] = (version, status, reason, headers, framing, size)
+            key = hash(head)
+            if key not in _SEEN_HEADS:
+                if len(_SEEN_HEADS) >= _MAX_SEEN_HEADS:
+                    _SEEN_HEADS.clear()
+                _SEEN_HEADS.add(key)
+            else:
+                known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
+                if len(known) >= _MAX_KNOWN_HEADS:
+                    known.clear()
+                headers = tuple(headers)
+                size = framing.contentLength if body is _BODY_LENGTH else 0
+                known[head] = (version, status, reason, headers, framing, size)
         return self._final(version, status, reason, headers, framing, rest)
 
     def _final(

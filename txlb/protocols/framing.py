@@ -21,10 +21,11 @@ backend).  Framing values
 at all, not even trailing whitespace llhttp leaves in a value: no real client
 sends it, and it is a classic ingredient of smuggling attempts.
 
-These run once per request: the characters of a whole block are checked in
-two C-level scans, then one loop over the lines compares lowercase names
-against precomputed sets; nothing is compiled or allocated per call beyond
-the result.
+These run once per message: the characters of a whole block are checked in
+a few C-level scans, then one loop over the lines looks each name up, as
+received, in a table of the names seen before (L{_NAME_KINDS}), which says
+whether it is a token and whether validation looks at it; nothing is
+compiled or allocated per call beyond the result.
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ _HOST_CHARS = _ALNUM + b"-._~"
 
 _badNameChar = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _badValueChar = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
-_FIELD_CHARS_LF = _FIELD_CHARS + b"\n"
+# A value, in values joined with LF, that starts with whitespace.
+_foldedValue = re.compile(rb"\n[ \t]").search
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # What a Connection header may not name: dropping these would change how the
 # message is routed or framed.
 _UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding"})
-# The names txlb looks at while validating (and the empty name, to refuse it
-# off the common path); every other header costs one set lookup.
-_INTERESTING = _FRAMING | {b"host", b"connection", b"upgrade", b"expect", b""}
+# The names txlb looks at while validating (see _NameKinds).
+_INTERESTING = _FRAMING | {b"host", b"connection", b"upgrade", b"expect"}
 
 _WS = b" \t"
 _WS_START = frozenset({b" ", b"\t"})
@@ -137,6 +138,15 @@ class Body(enum.Enum):
     CLOSE = "close"
 
 
+# The members as module constants, for the functions below that run once per
+# message: CPython 3.11 does not specialize reading an attribute of a class,
+# and a member read from its enum class costs some 70 ns, a global 5.
+_BODY_NONE = Body.NONE
+_BODY_LENGTH = Body.LENGTH
+_BODY_CHUNKED = Body.CHUNKED
+_BODY_CLOSE = Body.CLOSE
+
+
 @attrs.frozen
 class RequestFraming:
     """
@@ -175,10 +185,10 @@ class RequestFraming:
         close.
         """
         if self.chunked:
-            return Body.CHUNKED
+            return _BODY_CHUNKED
         if self.contentLength:
-            return Body.LENGTH
-        return Body.NONE
+            return _BODY_LENGTH
+        return _BODY_NONE
 
 
 @attrs.frozen
@@ -221,7 +231,7 @@ class ResponsePlan:
 
 
 # Host values already found valid: a listener sees the same few on nearly
-# every request.  Bounded like L{_KNOWN_NAMES}.
+# every request.  Bounded like L{_NAME_KINDS}.
 _VALID_HOSTS: set[bytes] = set()
 _MAX_VALID_HOSTS = 1024
 
@@ -315,25 +325,36 @@ _Values = list[bytes] | None
 # Up to this many header lines, L{_scan} checks each value on its own.
 _FEW_HEADERS = 3
 
-# Header names already found to be tokens, mapped to their lowercase form:
-# the same few dozen names arrive on nearly every message, and a dict lookup
-# costs less than checking and lowering one.  Bounded: once full, new names
-# are checked every time.
-_KNOWN_NAMES: dict[bytes, bytes] = {}
+# The separators of up to MAX_HEADERS values joined with LF, by count.
+_LFS = tuple(b"\n" * count for count in range(MAX_HEADERS))
+
+#: The most header names L{_NAME_KINDS} remembers.
 _MAX_KNOWN_NAMES = 1024
 
 
-def _checkName(name: bytes, headers: Headers, status: int) -> bytes:
+class _NameKinds(dict[bytes, "bytes | None"]):
     """
-    @return: C{name}, a header name not seen before, in lowercase.
-    @raise HeaderError: it is not a token.
+    What L{_scan} needs of a header name, by the name as received: its
+    lowercase form when it is one of the names validation looks at, C{None}
+    for any other token, C{b""} for a name that is not a token.
+
+    The same few dozen names arrive on nearly every message: one lookup
+    costs less than checking and lowering a name and looking it up in a
+    set.  Names are classified on first sight (C{__missing__}); at most
+    C{_MAX_KNOWN_NAMES} valid ones are remembered, and invalid ones never.
     """
-    if not name or name.translate(None, _TCHAR):
-        _diagnose(headers, status)
-    lowered = name.lower()
-    if len(_KNOWN_NAMES) < _MAX_KNOWN_NAMES:
-        _KNOWN_NAMES[name] = lowered
-    return lowered
+
+    def __missing__(self, name: bytes) -> bytes | None:
+        if not name or name.translate(None, _TCHAR):
+            return b""
+        lowered = name.lower()
+        kind = lowered if lowered in _INTERESTING else None
+        if len(self) < _MAX_KNOWN_NAMES:
+            self[name] = kind
+        return kind
+
+
+_NAME_KINDS = _NameKinds()
 
 
 def _scan(
@@ -347,33 +368,41 @@ def _scan(
         list C{None} when absent).
     @raise HeaderError: with C{status} for anything malformed.
     """
-    if not headers:
-        return None, None, None, _NO_TOKENS, None, None
-    # A few values cost less checked one by one; more, joined with LF and
-    # scanned once (LF passes the scan and is then counted, so one inside a
-    # value is still caught).
-    few = len(headers) <= _FEW_HEADERS
-    if not few:
+    if len(headers) <= _FEW_HEADERS:
+        # A few values cost less checked one by one.
+        for _, value in headers:
+            if value.translate(None, _FIELD_CHARS) or value[:1] in _WS_START:
+                _diagnose(headers, status)
+    else:
+        # More, joined with LF and scanned at once: what is left once every
+        # field character is deleted must be the separators alone (an LF or
+        # any other CTL inside a value makes it longer).  A value starting
+        # with whitespace (llhttp strips it, so that is a continuation line)
+        # starts the block or follows an LF.  (A regular expression with a
+        # literal first byte finds that faster than C{in} does.)
+        count = len(headers) - 1
         values = b"\n".join([value for _, value in headers])
         if (
-            values.translate(None, _FIELD_CHARS_LF)
-            or values.count(b"\n") != len(headers) - 1
+            values.translate(None, _FIELD_CHARS)
+            != (_LFS[count] if count < MAX_HEADERS else b"\n" * count)
+            or values[:1] in _WS_START
+            or _foldedValue(values)
         ):
             _diagnose(headers, status)
-    found: dict[bytes, list[bytes]] = {}
-    known = _KNOWN_NAMES
+    found: dict[bytes, list[bytes]] | None = None
+    kinds = _NAME_KINDS
     for name, value in headers:
-        if (few and value.translate(None, _FIELD_CHARS)) or value[:1] in _WS_START:
-            _diagnose(headers, status)
-        lowered = known.get(name)
-        if lowered is None:
-            lowered = _checkName(name, headers, status)
-        if lowered in _INTERESTING:
-            if lowered in found:
-                found[lowered].append(value)
+        kind = kinds[name]
+        if kind is not None:
+            if not kind:
+                _diagnose(headers, status)
+            if found is None:
+                found = {kind: [value]}
+            elif kind in found:
+                found[kind].append(value)
             else:
-                found[lowered] = [value]
-    if not found:
+                found[kind] = [value]
+    if found is None:
         return None, None, None, _NO_TOKENS, None, None
     lengths = found.get(b"content-length")
     codings = found.get(b"transfer-encoding")
@@ -456,7 +485,8 @@ def validateRequestHeaders(
         raise HeaderError(400, "several Host headers")
     else:
         host = hosts[0]
-        if host and not _validHost(host):
+        # _validHost, without the call for a Host seen before.
+        if host and host not in _VALID_HOSTS and not _validHost(host):
             raise HeaderError(400, "invalid Host")
     expectContinue = False
     if expects is not None:
@@ -543,15 +573,15 @@ def validateResponseHeaders(
             if upgrades is None:
                 raise HeaderError(502, "101 without Upgrade")
             upgrade = upgrades[0] if len(upgrades) == 1 else b", ".join(upgrades)
-        return ResponseFraming(status, Body.NONE, None, keepAlive, upgrade, tokens)
+        return ResponseFraming(status, _BODY_NONE, None, keepAlive, upgrade, tokens)
     if status == 304 or requestMethod == b"HEAD":
-        body = Body.NONE
+        body = _BODY_NONE
     elif codings is not None:
-        body, length = Body.CHUNKED, None
+        body, length = _BODY_CHUNKED, None
     elif length is not None:
-        body = Body.LENGTH
+        body = _BODY_LENGTH
     else:
-        body, keepAlive = Body.CLOSE, False
+        body, keepAlive = _BODY_CLOSE, False
     # Like L{_PLAIN_REQUESTS}: a backend sends the same few framings over
     # and over (same status, same length), and one frozen instance serves.
     key = (status, body, length, keepAlive, tokens)
@@ -583,12 +613,12 @@ def planResponse(
         close-delimited (so the connection closes) to an HTTP/1.0 client.
     """
     if framing.status < 200:
-        return _PLANS[Body.NONE, False]
+        return _PLANS[_BODY_NONE, False]
     body = framing.body
-    if body is Body.CHUNKED or body is Body.CLOSE:
+    if body is _BODY_CHUNKED or body is _BODY_CLOSE:
         if clientVersion < (1, 1):
-            return _PLANS[Body.CLOSE, True]
-        return _PLANS[Body.CHUNKED, not clientKeepAlive]
+            return _PLANS[_BODY_CLOSE, True]
+        return _PLANS[_BODY_CHUNKED, not clientKeepAlive]
     return _PLANS[body, not clientKeepAlive]
 
 

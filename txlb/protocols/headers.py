@@ -31,7 +31,6 @@ from txlb.protocols.framing import (
     _CONTINUE,
     _FIELD_CHARS,
     _FRAMING,
-    _KNOWN_NAMES,
     _WS,
     MAX_CONTENT_LENGTH_DIGITS,
     MAX_HEADERS,
@@ -125,6 +124,80 @@ def _checkFieldValue(_policy: object, _attribute: object, value: bytes | None) -
 #: How many peers' trust a L{ForwardingPolicy} remembers.
 _TRUST_CACHE_SIZE = 4096
 
+#: How many header names a table of L{_RequestActions} or
+#: L{_ResponseActions} remembers; past that, new names are classified each
+#: time.
+_MAX_ACTIONS = 1024
+
+# What forwarding does with a header, in L{_RequestActions}: pass it on, or
+# drop it.  A header txlb may set aside instead (a request id, or a
+# forwarding header from a trusted proxy) maps to its lowercase name.
+_KEEP = 0
+_DROP = 1
+
+
+class _RequestActions(dict[bytes, "int | bytes"]):
+    """
+    What L{forwardRequestHeaders} does with a header under one policy, by
+    its name as received: C{_KEEP}, C{_DROP}, or for a header it may keep
+    aside (the request id header, and the forwarding headers a trusted
+    proxy extends) its lowercase name.
+
+    A listener sees the same few dozen names, spelled the same way, on
+    nearly every request: one lookup answers what lowering the name and
+    looking it up in several sets would.  Names are classified on first
+    sight (C{__missing__}), and at most C{_MAX_ACTIONS} are remembered.
+    """
+
+    def __init__(self, drop: frozenset[bytes], requestIdName: bytes) -> None:
+        """
+        @param drop: the lowercase names the policy drops.
+        @param requestIdName: the request id header, lowercase.
+        """
+        super().__init__()
+        self._drop = drop
+        self._requestIdName = requestIdName
+
+    def __missing__(self, name: bytes) -> int | bytes:
+        lowered = name.lower()
+        action: int | bytes
+        if lowered in self._drop:
+            if lowered == self._requestIdName or lowered in _TRUSTABLE:
+                action = lowered
+            else:
+                action = _DROP
+        elif b"_" in lowered and _spoofsProtected(lowered, self._drop):
+            action = _DROP
+        else:
+            action = _KEEP
+        if len(self) < _MAX_ACTIONS:
+            self[name] = action
+        return action
+
+
+class _ResponseActions(dict[bytes, bool]):
+    """
+    Whether L{forwardResponseHeaders} drops a header, by its name as
+    received, for one set of dropped names (bounded and filled as
+    L{_RequestActions} is).
+    """
+
+    def __init__(self, drop: frozenset[bytes]) -> None:
+        """
+        @param drop: the lowercase names dropped.
+        """
+        super().__init__()
+        self._drop = drop
+
+    def __missing__(self, name: bytes) -> bool:
+        lowered = name.lower()
+        dropped = lowered in self._drop or (
+            b"_" in lowered and _spoofsProtected(lowered, _RESPONSE_PROTECTED)
+        )
+        if len(self) < _MAX_ACTIONS:
+            self[name] = dropped
+        return dropped
+
 
 @attrs.frozen
 class ForwardingPolicy:
@@ -163,6 +236,9 @@ class ForwardingPolicy:
     _trust: dict[str, bool] = attrs.field(
         init=False, repr=False, eq=False, factory=dict
     )
+    # What forwardRequestHeaders does with each header name, by the name as
+    # received (see _RequestActions).
+    _actions: _RequestActions = attrs.field(init=False, repr=False, eq=False)
 
     @_requestDrop.default
     def _requestDropDefault(self) -> frozenset[bytes]:
@@ -171,6 +247,10 @@ class ForwardingPolicy:
     @_requestIdName.default
     def _requestIdNameDefault(self) -> bytes:
         return self.requestIdHeader.lower()
+
+    @_actions.default
+    def _actionsDefault(self) -> _RequestActions:
+        return _RequestActions(self._requestDrop, self._requestIdName)
 
     def isTrusted(self, peerIP: str) -> bool:
         """
@@ -218,6 +298,13 @@ class ClientInfo:
     scheme: bytes
     requestId: bytes
     localAddress: str | None = None
+    # The peer as the X-Forwarded-For element txlb adds: made once per
+    # client connection rather than once per request.
+    _forwardedFor: bytes = attrs.field(init=False, repr=False, eq=False)
+
+    @_forwardedFor.default
+    def _forwardedForDefault(self) -> bytes:
+        return self.peer.encode("ascii", "replace") if self.peer else b"unknown"
 
 
 def _spoofsProtected(lowered: bytes, protected: frozenset[bytes]) -> bool:
@@ -234,6 +321,8 @@ def _spoofsProtected(lowered: bytes, protected: frozenset[bytes]) -> bool:
 _RESPONSE_PROTECTED = _HOP_BY_HOP | _FRAMING | {b"x-backend-server"}
 _RESPONSE_DROP = _HOP_BY_HOP | _FRAMING
 _RESPONSE_DROP_BACKEND = _RESPONSE_DROP | {b"x-backend-server"}
+_RESPONSE_ACTIONS = _ResponseActions(_RESPONSE_DROP)
+_RESPONSE_ACTIONS_BACKEND = _ResponseActions(_RESPONSE_DROP_BACKEND)
 
 
 def _node(address: str | None) -> bytes:
@@ -257,6 +346,19 @@ def _forwardedValue(value: bytes) -> bytes:
     if value and not _badNameChar(value):
         return value
     return b'"' + value + b'"'
+
+
+def _forwardedElement(client: ClientInfo, host: bytes | None) -> bytes:
+    """
+    @return: the RFC 7239 C{Forwarded} element txlb adds for C{client}'s
+        request to C{host} (the Host received, or C{None}).
+    """
+    element = b"for=" + _node(client.peer)
+    if client.localAddress:
+        element += b";by=" + _node(client.localAddress)
+    if host:
+        element += b";host=" + _forwardedValue(host)
+    return element + b";proto=" + _forwardedValue(client.scheme)
 
 
 def _validRequestId(value: bytes) -> bool:
@@ -302,69 +404,67 @@ def forwardRequestHeaders(
         a whole connection).
     @return: new header lines; those txlb writes have canonical names.
     """
-    trusted = policy.isTrusted(client.peer)
-    drop = policy._requestDrop
+    # policy.isTrusted, without the call when no proxy is trusted.
+    trusted = bool(policy.trustedProxies) and policy.isTrusted(client.peer)
+    actions = policy._actions
     named = framing.connectionTokens
-    out: list[tuple[bytes, bytes]] = [(b"Host", b"")]
+    # Headers named in Connection are dropped; most requests name none but
+    # hop-by-hop headers, which are dropped anyway, and need no check.
+    checkNamed = not named <= _HOP_BY_HOP
+    host = framing.host
+    out: list[tuple[bytes, bytes]] = [(b"Host", policy.hostRewrite or host or b"")]
     # The values of dropped headers txlb may pass on, by lowercase name;
     # most requests carry none.
     kept: dict[bytes, list[bytes]] | None = None
-    known = _KNOWN_NAMES
     for header in headers:
-        # Validation met these names just before: their lowercase forms are
-        # remembered (with their hashes), which costs less than lowering.
-        lowered = known.get(header[0]) or header[0].lower()
-        if lowered in named:
-            continue
-        if lowered in drop:
-            if lowered == policy._requestIdName or (trusted and lowered in _TRUSTABLE):
-                if kept is None:
-                    kept = {}
-                kept.setdefault(lowered, []).append(header[1])
-            continue
-        if b"_" in lowered and _spoofsProtected(lowered, drop):
-            continue
-        out.append(header)
-    forwardedFor: list[bytes] = []
-    forwarded: list[bytes] = []
-    proto: list[bytes] = []
-    originalHost: list[bytes] = []
-    requestIds: list[bytes] = []
-    if kept is not None:
-        forwardedFor = kept.get(b"x-forwarded-for", forwardedFor)
-        forwarded = kept.get(b"forwarded", forwarded)
-        proto = kept.get(b"x-forwarded-proto", proto)
-        originalHost = kept.get(b"x-forwarded-host", originalHost)
-        requestIds = kept.get(policy._requestIdName, requestIds)
+        action = actions[header[0]]
+        if not action:
+            if checkNamed and header[0].lower() in named:
+                continue
+            out.append(header)
+        elif action != _DROP and action not in named and (
+            trusted or action == policy._requestIdName
+        ):
+            if kept is None:
+                kept = {}
+            kept.setdefault(action, []).append(header[1])
 
-    host = framing.host
-    out[0] = (b"Host", policy.hostRewrite or host or b"")
-    peer = client.peer.encode("ascii", "replace") if client.peer else b"unknown"
-    forwardedFor.append(peer)
-    out.append((b"X-Forwarded-For", b", ".join(forwardedFor)))
-    out.append((b"X-Forwarded-Proto", b", ".join(proto) if proto else client.scheme))
-    if originalHost:
-        out.append((b"X-Forwarded-Host", b", ".join(originalHost)))
-    elif host:
-        out.append((b"X-Forwarded-Host", host))
-    if policy.forwarded:
-        element = b"for=" + _node(client.peer)
-        if client.localAddress:
-            element += b";by=" + _node(client.localAddress)
+    if kept is None:
+        # No forwarding header or request id of the client's: txlb's own.
+        out.append((b"X-Forwarded-For", client._forwardedFor))
+        out.append((b"X-Forwarded-Proto", client.scheme))
         if host:
-            element += b";host=" + _forwardedValue(host)
-        element += b";proto=" + _forwardedValue(client.scheme)
-        forwarded.append(element)
-        out.append((b"Forwarded", b", ".join(forwarded)))
-    elif forwarded:
-        out.append((b"Forwarded", b", ".join(forwarded)))
-    if len(requestIds) == 1 and _validRequestId(requestIds[0]):
-        out.append((policy.requestIdHeader, requestIds[0]))
-    else:
+            out.append((b"X-Forwarded-Host", host))
+        if policy.forwarded:
+            out.append((b"Forwarded", _forwardedElement(client, host)))
         out.append((
             policy.requestIdHeader,
             client.requestId if requestId is None else requestId,
         ))
+    else:
+        forwardedFor = kept.get(b"x-forwarded-for", [])
+        forwardedFor.append(client._forwardedFor)
+        out.append((b"X-Forwarded-For", b", ".join(forwardedFor)))
+        proto = kept.get(b"x-forwarded-proto")
+        out.append((b"X-Forwarded-Proto", b", ".join(proto) if proto else client.scheme))
+        originalHost = kept.get(b"x-forwarded-host")
+        if originalHost:
+            out.append((b"X-Forwarded-Host", b", ".join(originalHost)))
+        elif host:
+            out.append((b"X-Forwarded-Host", host))
+        forwarded = kept.get(b"forwarded", [])
+        if policy.forwarded:
+            forwarded.append(_forwardedElement(client, host))
+        if forwarded:
+            out.append((b"Forwarded", b", ".join(forwarded)))
+        requestIds = kept.get(policy._requestIdName, ())
+        if len(requestIds) == 1 and _validRequestId(requestIds[0]):
+            out.append((policy.requestIdHeader, requestIds[0]))
+        else:
+            out.append((
+                policy.requestIdHeader,
+                client.requestId if requestId is None else requestId,
+            ))
     if policy.forwardedBy is not None:
         out.append((b"X-Forwarded-By", policy.forwardedBy))
     if framing.upgrade is not None:
@@ -375,8 +475,26 @@ def forwardRequestHeaders(
     if framing.chunked:
         out.append((b"Transfer-Encoding", _CHUNKED))
     elif framing.contentLength is not None:
-        out.append((b"Content-Length", b"%d" % (framing.contentLength,)))
+        out.append(_lengthHeader(framing.contentLength))
     return out
+
+
+# Content-Length header lines made, by length: a backend sends the same few
+# lengths over and over, and formatting a number costs more than a lookup.
+_LENGTH_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+_MAX_LENGTH_HEADERS = 1024
+
+
+def _lengthHeader(length: int) -> tuple[bytes, bytes]:
+    """
+    @return: the C{Content-Length} header line for C{length}.
+    """
+    header = _LENGTH_HEADERS.get(length)
+    if header is None:
+        header = (b"Content-Length", b"%d" % (length,))
+        if len(_LENGTH_HEADERS) < _MAX_LENGTH_HEADERS:
+            _LENGTH_HEADERS[length] = header
+    return header
 
 
 @functools.lru_cache(maxsize=1024)
@@ -419,18 +537,21 @@ def forwardResponseHeaders(
         has it already.
     @return: new header lines; those txlb writes have canonical names.
     """
-    drop = _RESPONSE_DROP_BACKEND if policy.backendHeader else _RESPONSE_DROP
+    if policy.backendHeader:
+        actions, drop = _RESPONSE_ACTIONS_BACKEND, _RESPONSE_DROP_BACKEND
+    else:
+        actions, drop = _RESPONSE_ACTIONS, _RESPONSE_DROP
     named = framing.connectionTokens
-    out: list[tuple[bytes, bytes]] = []
-    known = _KNOWN_NAMES
-    for header in headers:
-        # As in forwardRequestHeaders.
-        lowered = known.get(header[0]) or header[0].lower()
-        if lowered in drop or lowered in named:
-            continue
-        if b"_" in lowered and _spoofsProtected(lowered, _RESPONSE_PROTECTED):
-            continue
-        out.append(header)
+    if named <= drop:
+        # The usual Connection values (keep-alive, close) name only headers
+        # dropped anyway.
+        out = [header for header in headers if not actions[header[0]]]
+    else:
+        out = [
+            header
+            for header in headers
+            if not actions[header[0]] and header[0].lower() not in named
+        ]
 
     status = framing.status
     if status == 101:
@@ -443,8 +564,10 @@ def forwardResponseHeaders(
         if plan.body is _BODY_CHUNKED:
             out.append((b"Transfer-Encoding", _CHUNKED))
         elif framing.contentLength is not None:
-            # A length body, or the announced length of a HEAD or 304.
-            out.append((b"Content-Length", b"%d" % (framing.contentLength,)))
+            # A length body, or the announced length of a HEAD or 304
+            # (_lengthHeader, without the call for a length seen before).
+            length = framing.contentLength
+            out.append(_LENGTH_HEADERS.get(length) or _lengthHeader(length))
         if plan.close:
             out.append((b"Connection", b"close"))
         elif clientVersion < (1, 1):

@@ -541,8 +541,22 @@ class KnownHeadTests(SynchronousTestCase):
         _upstreamparse._KNOWN_HEAD_HEADS.clear()
         _upstreamparse._KNOWN_RESPONSES.clear()
         _upstreamparse._KNOWN_HEAD_RESPONSES.clear()
+        _upstreamparse._SEEN_HEADS.clear()
         self.harness = PoolHarness()
         self.conn, self.transport = self.harness.open()
+
+    def noted(self):
+        """
+        Read L{OK_LENGTH} once, so that its head is remembered the next
+        time it is parsed.
+
+        @return: the exchange.
+        """
+        exchange = send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual({}, _upstreamparse._KNOWN_HEADS)
+        self.conn = self.harness.checkout()
+        return exchange
 
     def again(self, method=b"GET"):
         """
@@ -553,21 +567,53 @@ class KnownHeadTests(SynchronousTestCase):
         self.assertIs(conn, self.conn)
         return send(conn, method)
 
+    def test_rememberedOnSecondParse(self):
+        """
+        A head parsed for the first time is not remembered, only noted (by
+        its hash); parsed a second time, it is remembered.
+        """
+        head = OK_LENGTH[:-5]
+        send(self.conn)
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual({}, _upstreamparse._KNOWN_HEADS)
+        self.assertEqual({hash(head)}, _upstreamparse._SEEN_HEADS)
+        self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        self.assertEqual([head], list(_upstreamparse._KNOWN_HEADS))
+
+    def test_seenBounded(self):
+        """
+        The heads noted as parsed once are bounded: once full, the set
+        starts over.
+        """
+        limit = _upstreamparse._MAX_SEEN_HEADS
+        for i in range(limit + 1):
+            send(self.conn)
+            self.conn.dataReceived(
+                b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i
+            )
+            self.conn = self.harness.checkout()
+        self.assertEqual(1, len(_upstreamparse._SEEN_HEADS))
+        self.assertEqual({}, _upstreamparse._KNOWN_HEADS)
+
     def test_sameEventsAgain(self):
         """
-        The same response twice gives the same events; the second time the
-        headers are the tuple remembered the first time.
+        The same response again gives the same events; once it is
+        remembered, the headers are the tuple remembered.
         """
         first = send(self.conn)
         self.conn.dataReceived(OK_LENGTH)
-        self.assertIn(OK_LENGTH[:-5], _upstreamparse._KNOWN_HEADS)
-        remembered = _upstreamparse._KNOWN_HEADS[OK_LENGTH[:-5]]
         second = self.again()
         self.conn.dataReceived(OK_LENGTH)
-        self.assertEqual(first.events, second.events)
-        self.assertEqual(first.head, second.head)
-        self.assertEqual((b"hello", b"hello"), (first.body, second.body))
-        self.assertIs(remembered[4], second.head[4])
+        self.assertIn(OK_LENGTH[:-5], _upstreamparse._KNOWN_HEADS)
+        remembered = _upstreamparse._KNOWN_HEADS[OK_LENGTH[:-5]]
+        third = self.again()
+        self.conn.dataReceived(OK_LENGTH)
+        for exchange in (second, third):
+            self.assertEqual(first.events, exchange.events)
+            self.assertEqual(first.head, exchange.head)
+            self.assertEqual(b"hello", exchange.body)
+        self.assertIs(remembered[4], third.head[4])
         self.assertEqual(1, self.harness.pool.idleCount())
 
     def test_notRemembered(self):
@@ -588,11 +634,13 @@ class KnownHeadTests(SynchronousTestCase):
             ]),
         ]
         for method, reads in cases:
-            harness = PoolHarness()
-            conn, transport = harness.open()
-            send(conn, method)
-            for data in reads:
-                conn.dataReceived(data)
+            # Twice: a head is remembered the second time it is parsed.
+            for _ in range(2):
+                harness = PoolHarness()
+                conn, transport = harness.open()
+                send(conn, method)
+                for data in reads:
+                    conn.dataReceived(data)
         self.assertEqual({}, _upstreamparse._KNOWN_HEADS)
 
     def test_finalAfterInterimInOneRead(self):
@@ -603,10 +651,13 @@ class KnownHeadTests(SynchronousTestCase):
         response = b"HTTP/1.1 100 Continue\r\n\r\n" + OK_LENGTH
         first = send(self.conn)
         self.conn.dataReceived(response)
-        self.assertEqual([OK_LENGTH[:-5]], list(_upstreamparse._KNOWN_HEADS))
         second = self.again()
         self.conn.dataReceived(response)
+        self.assertEqual([OK_LENGTH[:-5]], list(_upstreamparse._KNOWN_HEADS))
+        third = self.again()
+        self.conn.dataReceived(response)
         self.assertEqual(first.events, second.events)
+        self.assertEqual(first.events, third.events)
 
     def test_headMethodApart(self):
         """
@@ -616,7 +667,8 @@ class KnownHeadTests(SynchronousTestCase):
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
         send(self.conn)
         self.conn.dataReceived(head + b"hello")
-        # Parsed, then a remembered head, then a remembered whole response.
+        # Parsed (the second time: remembered), then a remembered head,
+        # then a remembered whole response.
         for _ in range(3):
             exchange = self.again(b"HEAD")
             self.conn.dataReceived(head)
@@ -659,10 +711,14 @@ class KnownHeadTests(SynchronousTestCase):
         """
         limit = _upstreamparse._MAX_KNOWN_HEADS
         for i in range(limit + 1):
-            harness = PoolHarness()
-            conn, _ = harness.open()
-            send(conn)
-            conn.dataReceived(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)
+            # Twice, to be remembered.
+            for _ in range(2):
+                harness = PoolHarness()
+                conn, _ = harness.open()
+                send(conn)
+                conn.dataReceived(
+                    b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i
+                )
         self.assertEqual(1, len(_upstreamparse._KNOWN_HEADS))
 
     def test_wholeResponseRemembered(self):
@@ -671,6 +727,7 @@ class KnownHeadTests(SynchronousTestCase):
         by all its bytes; the same read again gives the same events, the
         same body, and the same head tuple, and the connection is pooled.
         """
+        self.noted()
         first = send(self.conn)
         self.conn.dataReceived(OK_LENGTH)
         self.assertEqual({}, _upstreamparse._KNOWN_RESPONSES)
@@ -698,6 +755,7 @@ class KnownHeadTests(SynchronousTestCase):
         A remembered head with another body of the same length is a whole
         response of its own: its own body is reported.
         """
+        self.noted()
         send(self.conn)
         self.conn.dataReceived(OK_LENGTH)
         self.again()
@@ -712,6 +770,7 @@ class KnownHeadTests(SynchronousTestCase):
         A whole response remembered for GET is not one for HEAD: there its
         bytes are a head followed by bytes too many.
         """
+        self.noted()
         send(self.conn)
         self.conn.dataReceived(OK_LENGTH)
         self.again()
@@ -728,6 +787,7 @@ class KnownHeadTests(SynchronousTestCase):
         A remembered whole response whose head is over another pool's
         C{maxResponseHeadSize} is refused there.
         """
+        self.noted()
         send(self.conn)
         self.conn.dataReceived(OK_LENGTH)
         self.again()
@@ -745,14 +805,15 @@ class KnownHeadTests(SynchronousTestCase):
         are bounded: once full, the table starts over.
         """
         big = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"b" * 4096
-        for _ in range(2):
+        for _ in range(3):
             send(self.conn)
             self.conn.dataReceived(big)
             self.conn = self.harness.checkout()
         self.assertEqual({}, _upstreamparse._KNOWN_RESPONSES)
         limit = _upstreamparse._MAX_KNOWN_HEADS
-        # The first parses the head; each after it is a whole response.
-        for i in range(limit + 2):
+        # The first two parse the head (the second remembers it); each after
+        # them is a whole response.
+        for i in range(limit + 3):
             send(self.conn)
             self.conn.dataReceived(OK_LENGTH[:-5] + b"%05d" % i)
             self.conn = self.harness.checkout()
