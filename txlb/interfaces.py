@@ -4,6 +4,8 @@ Every zope.interface of txlb, in one place.
 These names are a public contract: plugin authors implement L{IStrategyFactory}
 and L{IStrategy}, and may implement the optional L{IMembershipAware} and
 L{ILatencyObserver}; their tests use the helpers in L{txlb.testing}.
+L{IExchange} is txlb's own: what an L7 backend connection reports a
+response to.
 
 How a strategy gets what it needs
 =================================
@@ -158,4 +160,80 @@ class ILatencyObserver(Interface):
     def latencyObserved(backend, seconds):
         """
         A connect (L4) or a response (L7) to C{backend} took C{seconds}.
+        """
+
+
+class IExchange(Interface):
+    """
+    The receiver of one response from a backend: what the client side
+    passes to L{txlb.protocols.upstream.UpstreamConnection.sendRequest}.
+
+    Calls arrive in this order: any number of L{informational}, then
+    L{responseStarted}, then any number of L{responseBody}, then
+    L{responseComplete}, or L{responseWhole} instead of those three; or,
+    after a 101, L{responseStarted} then L{upgraded}.  L{responseFailed} may end the sequence at any point
+    before its end.  After L{responseComplete}, L{upgraded},
+    L{responseFailed}, or L{txlb.protocols.upstream.UpstreamConnection.abort}, nothing more is
+    called.  Any method may call L{txlb.protocols.upstream.UpstreamConnection.abort}.  During
+    L{responseStarted} and L{responseBody}, the connection's C{moreFollows}
+    says whether another call follows before it returns to the reactor.
+    """
+
+    def responseStarted(version, status, reason, headers, framing):  # noqa: N805
+        """
+        A final (C{>= 200}) or 101 response head arrived and passed
+        L{txlb.protocols.headers.validateResponseHeaders}.
+
+        @param version: C{(major, minor)}.
+        @param status: the status code.
+        @param reason: the reason phrase (C{b""} when absent).
+        @param headers: the header lines, C{(name, value)} as received.
+        @param framing: the L{txlb.protocols.headers.ResponseFraming} the headers gave.
+        """
+
+    def informational(status, reason, headers):  # noqa: N805
+        """
+        An interim response other than 101 (100 Continue, 103 Early Hints)
+        arrived and passed validation; the final one is still to come.
+        """
+
+    def responseBody(data):  # noqa: N805
+        """
+        The next bytes of the body, de-chunked.
+        """
+
+    def responseComplete():
+        """
+        The whole response was read.  The connection is already back in
+        the pool, or closed, unless the request is not finished yet: then
+        it goes back (or is closed) at L{txlb.protocols.upstream.UpstreamConnection.finishRequest}.
+        """
+
+    def responseWhole(version, status, reason, headers, framing, body):  # noqa: N805
+        """
+        A final response whose head and whole body (its C{Content-Length}
+        bytes, or none) came in one read with nothing after them: what
+        L{responseStarted}, L{responseBody} (for a non-empty C{body}) and
+        L{responseComplete} would say, in one call.  As for
+        L{responseComplete}, the connection is already back in the pool, or
+        closed, unless the request is not finished yet.
+        """
+
+    def responseFailed(reason, started):  # noqa: N805
+        """
+        The response will not be complete.
+
+        @param reason: a L{Failure} wrapping an L{txlb.protocols.upstream.UpstreamError}.
+        @param started: C{True} when any byte of a response was received.
+        """
+
+    def upgraded(connection, extra):  # noqa: N805
+        """
+        After C{responseStarted} of a 101: the connection is now a byte
+        tunnel, and never goes back to the pool.
+
+        @param connection: the L{txlb.protocols.upstream.UpstreamConnection}; call its
+            L{txlb.protocols.upstream.UpstreamConnection.tunnelTo} with the client transport to
+            have the backend's bytes written to it.
+        @param extra: the bytes that followed the 101 head.
         """

@@ -61,6 +61,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from txlb.interfaces import IExchange
 from txlb.pool import Backend
 from txlb.protocols._backendleg import _skipEndpointWrapper
 from txlb.protocols._upstreamconn import (
@@ -68,7 +69,6 @@ from txlb.protocols._upstreamconn import (
     ConnectionLostEarly,
     ConnectionLostMidResponse,
     ConnectionState,
-    IExchange,
     PoolClosed,
     ResponseTimeout,
     UpstreamConnection,
