@@ -425,6 +425,8 @@ class ProxiedRequest:
     # How many of its header lines headerSize counts, while its head is read.
     headersCounted = 0
     headerPending = 0
+    # Its head deadline is due once a read ends before its head does.
+    headTimed = False
     error: _Reject | None = None
     body: Any = ()
     bodyBuffered = 0

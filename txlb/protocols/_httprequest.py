@@ -26,6 +26,7 @@ import httptools
 from twisted.python.failure import Failure
 
 from txlb.protocols._httpparts import (
+    _MAX_KNOWN_REQUEST_SIZE,
     _MAX_SEEN_REQUESTS,
     BODY_HIGH_WATER,
     MAX_PIPELINE,
@@ -96,7 +97,12 @@ class _RequestReader:
             # A read that starts a request may be one whole request head
             # already seen (see _KnownRequest).
             factory = self.factory
-            known = factory.knownRequests.get(data)
+            # Only reads this small are remembered: a larger one is not
+            # looked up (which would hash all of it).
+            known = (
+                factory.knownRequests.get(data)
+                if len(data) <= _MAX_KNOWN_REQUEST_SIZE else None
+            )
             if (
                 known is not None
                 # Parsed and routed under what the listener has now.
@@ -185,11 +191,12 @@ class _RequestReader:
 
     def checkPendingHead(self, received: int) -> None:
         """
-        Bound a request head that spans reads: count the header lines
-        reported during this read (L{on_header} only collects them), and
-        the part that httptools holds before reporting it (a header line is
-        reported only once it ends): a read during which no part of the
-        head was reported belongs to it whole.
+        Bound a request head that spans reads: start its deadline (see
+        L{on_message_begin}), count the header lines reported during this
+        read (L{on_header} only collects them), and the part that httptools
+        holds before reporting it (a header line is reported only once it
+        ends): a read during which no part of the head was reported belongs
+        to it whole.
         """
         request = self.parsing
         if request is None or self.ignoreInput:
@@ -203,11 +210,18 @@ class _RequestReader:
             self.headProgress = True
         if request.framing is not None:
             pending = 0
-        elif self.headProgress:
-            self.headProgress = False
-            pending = request.headerPending = 0
         else:
-            pending = request.headerPending = request.headerPending + received
+            if request.headTimed:
+                request.headTimed = False
+                self.timer.set(
+                    self.factory.settings.headerTimeout, self.headerTimedOut,
+                    request.started,
+                )
+            if self.headProgress:
+                self.headProgress = False
+                pending = request.headerPending = 0
+            else:
+                pending = request.headerPending = request.headerPending + received
         if request.headerSize + pending > self.factory.settings.maxHeaderSize:
             self.rejectParsing(431, "request header block too large")
 
@@ -292,7 +306,10 @@ class _RequestReader:
             # The deadline started at connectionMade runs on.
             self.firstHead = False
         elif not self.queue:
-            self.timer.set(factory.settings.headerTimeout, self.headerTimedOut)
+            # The head's deadline, from now: set at the end of this read if
+            # the head is not whole by then (see checkPendingHead); a head
+            # read whole never needs it.
+            request.headTimed = True
 
     def on_url(self, url: bytes) -> None:
         self.headProgress = True
@@ -318,9 +335,15 @@ class _RequestReader:
             self.timer.deadline = None
         factory = self.factory
         headers = request.headers
-        size = request.headerSize = request.headerSize + _linesSize(
-            headers, request.headersCounted
-        )
+        counted = request.headersCounted
+        if counted:
+            size = request.headerSize + _linesSize(headers, counted)
+        else:
+            # _linesSize, inline, for a head reported in one read.
+            size = request.headerSize + 4 * len(headers)
+            for name, value in headers:
+                size += len(name) + len(value)
+        request.headerSize = size
         request.headersCounted = len(headers)
         if size > factory.settings.maxHeaderSize:
             raise _Reject(431, "request header block too large")
@@ -441,7 +464,11 @@ class _RequestReader:
         if request.bodyDone:
             # No body: its backend request is (or will be) finished where
             # it is sent.
-            if data is not None and request.l7pool is not None:
+            if (
+                data is not None
+                and request.l7pool is not None
+                and len(data) <= _MAX_KNOWN_REQUEST_SIZE
+            ):
                 # A read that was one whole request may be remembered (see
                 # _KnownRequest), but only the second time it is seen:
                 # remembering costs more than parsing once, and most

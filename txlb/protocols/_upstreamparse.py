@@ -305,7 +305,13 @@ class ResponseReader:
                 # remembered, or one remembered head (_readHeads, for the
                 # usual case, without its loop).
                 toHead = self._method == b"HEAD"
-                whole = (_KNOWN_HEAD_RESPONSES if toHead else _KNOWN_RESPONSES).get(data)
+                size = len(data)
+                # Only reads this small are remembered whole: a larger one
+                # is not looked up (which would hash all of it).
+                whole = (
+                    (_KNOWN_HEAD_RESPONSES if toHead else _KNOWN_RESPONSES).get(data)
+                    if size <= _MAX_KNOWN_HEAD_SIZE else None
+                )
                 if whole is not None:
                     end, version, status, reason, headers, framing, body = whole
                     if end <= self._maxHeadSize:
@@ -320,10 +326,8 @@ class ResponseReader:
                         return
                 end = data.find(_HEAD_END) + 4
                 if 3 < end <= self._maxHeadSize:
-                    size = len(data)
-                    known = (_KNOWN_HEAD_HEADS if toHead else _KNOWN_HEADS).get(
-                        data if end == size else data[:end]
-                    )
+                    head = data if end == size else data[:end]
+                    known = (_KNOWN_HEAD_HEADS if toHead else _KNOWN_HEADS).get(head)
                     if known is not None:
                         self._headSize = end
                         version, status, reason, headers, framing, length = known
@@ -359,10 +363,7 @@ class ResponseReader:
                     self._reason = b""
                     self._headers = []
                     self._headSize = end
-                    if end == size:
-                        head, rest = data, b""
-                    else:
-                        head, rest = data[:end], data[end:]
+                    rest = b"" if end == size else data[end:]
                     if not self._parse(head):
                         return
                     if not self._headDone:

@@ -278,6 +278,49 @@ def _checkHost(host: bytes) -> bool:
     )
 
 
+# Content-Length values found valid, as received, and what they say: a
+# backend sends the same few lengths over and over.  Bounded like
+# L{_VALID_HOSTS}.
+_LENGTHS: dict[bytes, int] = {}
+_MAX_LENGTHS = 1024
+
+
+def _contentLength(value: bytes, status: int) -> int:
+    """
+    @return: what the only C{Content-Length} value C{value} says.
+    @raise HeaderError: it is a list, or not 1 to
+        L{MAX_CONTENT_LENGTH_DIGITS} digits.
+    """
+    if b"," in value:
+        raise HeaderError(status, "several Content-Length values")
+    if not (0 < len(value) <= MAX_CONTENT_LENGTH_DIGITS and value.isdigit()):
+        raise HeaderError(status, "invalid Content-Length")
+    length = int(value)
+    if len(_LENGTHS) < _MAX_LENGTHS:
+        _LENGTHS[value] = length
+    return length
+
+
+# The tokens of single Connection values found valid, by the value as
+# received (it may name no framing header).  Bounded like L{_VALID_HOSTS}.
+_CONNECTION_TOKENS: dict[bytes, frozenset[bytes]] = {}
+_MAX_CONNECTION_TOKENS = 1024
+
+
+def _connectionTokens(values: list[bytes], status: int) -> frozenset[bytes]:
+    """
+    @return: the lowercase tokens of the C{Connection} values C{values}.
+    @raise HeaderError: an element is not a token, or one names a framing
+        header (or Host).
+    """
+    tokens = _tokens(values, status)
+    if not tokens.isdisjoint(_UNNAMEABLE):
+        raise HeaderError(status, "Connection names a framing header")
+    if len(values) == 1 and len(_CONNECTION_TOKENS) < _MAX_CONNECTION_TOKENS:
+        _CONNECTION_TOKENS[values[0]] = tokens
+    return tokens
+
+
 def _tokens(values: list[bytes], status: int) -> frozenset[bytes]:
     """
     @return: the lowercase tokens of one or more comma-separated lists,
@@ -359,13 +402,13 @@ _NAME_KINDS = _NameKinds()
 
 def _scan(
     version: tuple[int, int], headers: Headers, status: int
-) -> tuple[_Values, _Values, _Values, frozenset[bytes], _Values, _Values]:
+) -> tuple[int | None, _Values, _Values, frozenset[bytes], _Values, _Values]:
     """
     Check every name and value and collect the headers that matter.
 
-    @return: the C{Content-Length}, C{Transfer-Encoding}, C{Host} values,
-        the C{Connection} tokens, the C{Upgrade} and C{Expect} values (each
-        list C{None} when absent).
+    @return: the length C{Content-Length} says, the C{Transfer-Encoding} and
+        C{Host} values, the C{Connection} tokens, the C{Upgrade} and
+        C{Expect} values (each C{None} when absent).
     @raise HeaderError: with C{status} for anything malformed.
     """
     if len(headers) <= _FEW_HEADERS:
@@ -407,6 +450,7 @@ def _scan(
     lengths = found.get(b"content-length")
     codings = found.get(b"transfer-encoding")
     connection = found.get(b"connection")
+    length = None
     if codings is not None:
         if lengths is not None:
             raise HeaderError(status, "Content-Length with Transfer-Encoding")
@@ -417,23 +461,21 @@ def _scan(
         if codings[0].lower() != _CHUNKED:
             raise HeaderError(status, "unsupported Transfer-Encoding")
     if lengths is not None:
-        if len(lengths) > 1 or b"," in lengths[0]:
+        if len(lengths) > 1:
             raise HeaderError(status, "several Content-Length values")
-        length = lengths[0]
-        if not (0 < len(length) <= MAX_CONTENT_LENGTH_DIGITS and length.isdigit()):
-            raise HeaderError(status, "invalid Content-Length")
+        # _contentLength, without the call for a value seen before.
+        length = _LENGTHS.get(lengths[0])
+        if length is None:
+            length = _contentLength(lengths[0], status)
     if connection is None:
         tokens = _NO_TOKENS
     else:
-        # The common values, without the call (see _tokens).
-        tokens = (
-            _COMMON_CONNECTION.get(connection[0].lower())
-            if len(connection) == 1 else None
-        ) or _tokens(connection, status)
-        if not tokens.isdisjoint(_UNNAMEABLE):
-            raise HeaderError(status, "Connection names a framing header")
+        # A value seen before, without the call (see _connectionTokens).
+        tokens = _CONNECTION_TOKENS.get(connection[0]) if len(connection) == 1 else None
+        if tokens is None:
+            tokens = _connectionTokens(connection, status)
     return (
-        lengths,
+        length,
         codings,
         found.get(b"host"),
         tokens,
@@ -476,7 +518,7 @@ def validateRequestHeaders(
         raise HeaderError(505, "HTTP version not supported")
     if len(headers) > maxHeaders:
         raise HeaderError(431, "too many headers")
-    lengths, codings, hosts, tokens, upgrades, expects = _scan(version, headers, 400)
+    length, codings, hosts, tokens, upgrades, expects = _scan(version, headers, 400)
     if hosts is None:
         if version[1] >= 1:
             raise HeaderError(400, "missing Host")
@@ -506,7 +548,7 @@ def validateRequestHeaders(
             upgrade = None
     # HTTP/1.1 keeps the connection unless told to close; 1.0 only if asked.
     keepAlive = b"close" not in tokens and (version[1] >= 1 or b"keep-alive" in tokens)
-    if lengths is None and codings is None and upgrade is None and not expectContinue:
+    if length is None and codings is None and upgrade is None and not expectContinue:
         # Most requests: no body, nothing special.  The answer depends on
         # three values that repeat from request to request; it is frozen, so
         # one instance serves them all.
@@ -518,7 +560,7 @@ def validateRequestHeaders(
                 _PLAIN_REQUESTS[key] = framing
         return framing
     return RequestFraming(
-        contentLength=None if lengths is None else int(lengths[0]),
+        contentLength=length,
         chunked=codings is not None,
         host=host,
         keepAlive=keepAlive,
@@ -561,8 +603,7 @@ def validateResponseHeaders(
         raise HeaderError(502, "invalid status")
     if len(headers) > maxHeaders:
         raise HeaderError(502, "too many headers")
-    lengths, codings, _hosts, tokens, upgrades, _expects = _scan(version, headers, 502)
-    length = None if lengths is None else int(lengths[0])
+    length, codings, _hosts, tokens, upgrades, _expects = _scan(version, headers, 502)
     # As for a request (see validateRequestHeaders).
     keepAlive = b"close" not in tokens and (version[1] >= 1 or b"keep-alive" in tokens)
     upgrade = None

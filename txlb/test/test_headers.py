@@ -1480,3 +1480,51 @@ class ForwardResponseHeadersTests(SynchronousTestCase):
                     )
                 )
         self.assertNotIn(b"transfer-encoding", sent)
+
+
+class RememberedValuesTests(SynchronousTestCase):
+    """
+    Validation remembers the header names, C{Content-Length} values and
+    C{Connection} values it found valid, by their bytes as received: what
+    it remembers never changes a verdict.
+    """
+
+    def test_sameVerdictAgain(self) -> None:
+        """
+        Each block is judged the same the second time, valid or not: a
+        valid value remembered does not let a different spelling through,
+        and an invalid one is refused every time.
+        """
+        blocks = [
+            [HOST, (b"Content-Length", b"5")],
+            [HOST, (b"Content-Length", b"5, 5")],
+            [HOST, (b"Content-Length", b"+5")],
+            [HOST, (b"Connection", b"keep-alive")],
+            [HOST, (b"Connection", b"Keep-Alive, Content-Length")],
+            [HOST, (b"Connection", b"x-a, host")],
+            [HOST, (b"Bad Name", b"1")],
+            [HOST, (b"Host_", b"1"), (b"X-A", b" folded")],
+        ]
+
+        def verdict(headers: list[tuple[bytes, bytes]]) -> Any:
+            try:
+                framing = validateRequestHeaders(V11, headers)
+            except HeaderError as e:
+                return e.status, e.reason
+            return framing.contentLength, framing.connectionTokens
+
+        first = [verdict(headers) for headers in blocks]
+        self.assertEqual(first, [verdict(headers) for headers in blocks])
+        self.assertEqual(
+            [
+                (5, frozenset()),
+                (400, "several Content-Length values"),
+                (400, "invalid Content-Length"),
+                (None, frozenset({b"keep-alive"})),
+                (400, "Connection names a framing header"),
+                (400, "Connection names a framing header"),
+                (400, "invalid header name"),
+                (400, "obs-fold in header"),
+            ],
+            first,
+        )

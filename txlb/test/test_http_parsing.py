@@ -1,8 +1,9 @@
 """
 Tests for how the L7 front reads request heads on the full parse path: the
 size limit counted over a head's lines (at the end of the head, or of each
-read while it spans reads), trailers bounded alike, and requests remembered
-only the second time they are parsed.
+read while it spans reads), trailers bounded alike, the head deadline
+started only for a head that spans reads, and requests remembered only the
+second time they are parsed.
 """
 
 from __future__ import annotations
@@ -199,3 +200,43 @@ class RememberedOnSecondSightTests(ProxyTestCase):
         self.upstreams.last.succeed().respond(200, body=b"ok")
         self.assertEqual([200], statuses(transport.value()))
         self.assertTrue(transport.disconnecting)
+
+
+class HeadDeadlineTests(ProxyTestCase):
+    """
+    On a kept-alive connection the head deadline is started only when a
+    read ends before the head does, and from the head's first byte.
+    """
+
+    def test_wholeHeadNoDeadline(self) -> None:
+        """
+        A head read whole leaves no head deadline behind: a backend slower
+        than C{headerTimeout} is waited for.
+        """
+        self.makeFactory(settings=HTTPSettings(idleTimeout=30.0, headerTimeout=10.0))
+        proto, transport = self.connect()
+        for target in (b"/1", b"/2"):
+            proto.dataReceived(get(target))
+            conn = self.upstreams.last.succeed()
+            self.reactor.advance(20)
+            conn.respond(200, body=b"ok")
+        self.assertEqual([200, 200], statuses(transport.value()))
+        self.assertFalse(transport.disconnecting)
+
+    def test_fromFirstByte(self) -> None:
+        """
+        A head cut over reads on a kept-alive connection has until
+        C{headerTimeout} after its first read, however its reads are spread.
+        """
+        self.makeFactory(settings=HTTPSettings(idleTimeout=30.0, headerTimeout=10.0))
+        proto, transport = self.connect()
+        proto.dataReceived(get(b"/1"))
+        self.upstreams.last.succeed().respond(200, body=b"ok")
+        transport.clear()
+        proto.dataReceived(b"GET /2 HTTP/1.1\r\n")
+        self.reactor.advance(6)
+        proto.dataReceived(b"Host: example.com\r\n")
+        self.reactor.advance(3.9)
+        self.assertEqual(b"", transport.value())
+        self.reactor.advance(0.1)
+        self.assertClosedWith(transport, 408)
