@@ -187,7 +187,7 @@ class _RequestReader:
         if len(queue) > MAX_PIPELINE:
             self.pauseReading("pipeline")
         elif len(queue) == 1:
-            self.sendKnown(request, now)
+            self.sendWhole(request, now)
 
     def checkPendingHead(self, received: int) -> None:
         """
@@ -418,7 +418,10 @@ class _RequestReader:
             self.pauseReading("pipeline")
         elif len(queue) == 1:
             # dispatch(), for a request that is not an error.
-            self.tryBackend(request)
+            if request.bodyDone:
+                self.sendWhole(request, factory.reactor.seconds())
+            else:
+                self.tryBackend(request)
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing

@@ -92,18 +92,23 @@ class _BackendSender:
             return
         self.useBackend(request, backend, fresh, now)
 
-    def sendKnown(self, request: ProxiedRequest, now: float) -> None:
+    def sendWhole(self, request: ProxiedRequest, now: float) -> None:
         """
-        Send a request made from a L{_KnownRequest}: L{tryBackend},
-        L{useBackend} and L{backendConnected} in one call for the usual
-        case, a pool without sticky sessions or a hash key and an idle
-        connection to the backend its strategy picks.  Anything else goes
-        the general way.
+        Send a request whose head is the whole of it (no body), made from a
+        L{_KnownRequest} or just parsed: L{tryBackend}, L{useBackend} and
+        L{backendConnected} in one call for the usual case, a pool without
+        sticky sessions or a hash key and an idle connection to the backend
+        its strategy picks.  Anything else goes the general way.
 
         @param now: C{reactor.seconds()}, just read.
         """
         l7pool = request.l7pool
-        if l7pool.stickyCookie is not None or l7pool.hashKey is not None:
+        known = request.known
+        if (
+            l7pool.stickyCookie is not None
+            or l7pool.hashKey is not None
+            or (known is None and request.framing.expectContinue)
+        ):
             self.tryBackend(request, False, now)
             return
         backend = l7pool.pool.pick(self.peerAddress, request, None, ())
@@ -124,20 +129,26 @@ class _BackendSender:
         exchange = request.exchange = _Exchange(self, request, backend, now)
         # backendConnected, inline.
         exchange.connection = connection
-        known = request.known
-        made = self.lastHead
-        if made is not None and made[0] is known and made[1] is l7pool and made[3]:
-            # What knownHead would give, from what it made last.
-            head = b"%b%x%b" % (made[2], next(self.factory._ids), made[3])
+        method = request.method
+        if known is None:
+            head = _requestHead(method, request.target, forwardRequestHeaders(
+                request.headers, request.framing, l7pool.policy, self.client,
+                requestId=self.factory.newRequestId(),
+            ))
         else:
-            head = self.knownHead(known, l7pool)
+            made = self.lastHead
+            if made is not None and made[0] is known and made[1] is l7pool and made[3]:
+                # What knownHead would give, from what it made last.
+                head = b"%b%x%b" % (made[2], next(self.factory._ids), made[3])
+            else:
+                head = self.knownHead(known, l7pool)
         retry = l7pool.retry
         if retry.timeout is None:
             timeout = retry.perTryTimeout
         else:
             request.firstTry = now
             timeout = self.tryTimeout(exchange, now)
-        connection.sendRequest(head, request.method, exchange, timeout, whole=True)
+        connection.sendRequest(head, method, exchange, timeout, whole=True)
         if self.pauses and request.exchange is exchange:
             self.resumeReading("backend")
 

@@ -17,7 +17,7 @@ Most requests a listener sees are the same few plain heads over and over.
 A read that is exactly one whole head it has parsed, checked and routed
 before, at a message boundary, is that request again (L{_KnownRequest}): it
 is queued without being parsed, and, on an idle backend connection, sent
-at once (L{_BackendSender.sendKnown}).  The backend side does the same
+at once (L{_BackendSender.sendWhole}).  The backend side does the same
 for response heads (L{txlb.protocols._upstreamparse}).
 
 L{HTTPProxyProtocol} is one class written in four modules, in the order a

@@ -406,6 +406,27 @@ class KnownRequestIdleTests(ProxyTestCase):
         self.assertEqual([0, 0, 0], [b.activeConnections for b in self.backends])
         self.assertEqual(3, sum(b.responses[2] for b in self.backends) - 1)
 
+    def test_parsedRequestsOnIdleConnections(self) -> None:
+        """
+        A request parsed (never seen before) without a body is sent whole on
+        an idle connection at once, with the head the general way makes
+        for it on a new connection.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(get(b"/first", headers=b"User-Agent: one\r\n"))
+        fresh = self.upstreams.last.succeed()
+        fresh.respond(200, body=b"ok")
+        idle = self.upstreams.keepIdle(self.b)
+        proto.dataReceived(get(b"/first", headers=b"User-Agent: two\r\n"))
+        self.assertEqual(1, len(self.upstreams.attempts))
+        self.assertEqual(1, idle.finishes)
+        expected = fresh.heads[0].replace(b"User-Agent: one", b"User-Agent: two")
+        self.assertEqual(expected.replace(requestIdOf(expected), b""),
+                         idle.heads[0].replace(requestIdOf(idle.heads[0]), b""))
+        self.assertNotEqual(requestIdOf(fresh.heads[0]), requestIdOf(idle.heads[0]))
+        idle.respond(200, body=b"ok")
+        self.assertEqual([200, 200], statuses(transport.value()))
+
     def test_noIdleConnection(self) -> None:
         """
         Without an idle connection to the backend picked, the remembered
