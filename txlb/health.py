@@ -28,6 +28,9 @@ L{applyResult} after each check; L{healthState} names the three states:
 Each change of verdict is logged as one line, e.g. C{backend web1 of pool
 app is DOWN: connection refused (3 checks failed)}, and so is a pending
 backend found down.
+
+What talks to the backend (the TCP probe, the HTTP check's bounded body,
+the reasons) is in L{txlb._healthprobe}.
 """
 
 from __future__ import annotations
@@ -39,41 +42,33 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     DeferredList,
     fail,
     succeed,
 )
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import (
-    ConnectError,
-    ConnectingCancelledError,
-    ConnectionDone,
-    ConnectionLost,
-    ConnectionRefusedError,
-    DNSLookupError,
-    NoRouteError,
-    TCPTimedOutError,
-)
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    RequestGenerationFailed,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
+from txlb._healthprobe import (
+    _BackendEndpoint,
+    _BoundedBody,
+    _CheckerError,
+    _describe,
+    _oneLine,
+    _Probe,
+    _TimedOut,
+)
 from txlb.pool import RESULTS_KEPT, Backend, CheckResult, Pool
 
 if TYPE_CHECKING:
@@ -89,8 +84,6 @@ USER_AGENT = b"txlb-health-check"
 # A host[:port] that any URL parser takes as it is.
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+(:[0-9]+)?\Z")
 
-# Reasons are one line of at most this many characters.
-_REASON_LENGTH = 200
 
 
 class HealthState(enum.Enum):
@@ -157,78 +150,6 @@ def applyResult(
     else:
         healthy = health.successes >= config.rise
     return backend.setHealthy(healthy)
-
-
-class _TimedOut(Exception):
-    """
-    A check took longer than its timeout.
-    """
-
-
-class _CheckerError(Exception):
-    """
-    The checker's own code raised (already logged with its traceback).
-    """
-
-
-class _Probe(Protocol):
-    """
-    Closes the connection as soon as it opens: a TCP check asks no more.
-    """
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()
-
-
-class _BoundedBody(Protocol):
-    """
-    Reads and drops a response body, stopping after C{limit} bytes.
-
-    @ivar done: fires with C{None} once the body ended, failed, was cut at
-        the limit, or was cancelled: whatever happens to the body, the
-        check is judged by the status.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._remaining = limit
-        self.done: Deferred[None] = Deferred(self._cancel)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self._remaining -= len(data)
-        if self._remaining <= 0:
-            self._stop()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-    def _stop(self) -> None:
-        # Stopping the response's producer closes the connection, which is
-        # how Twisted's HTTP client drops the rest of a body.
-        if self.transport is not None:
-            self.transport.stopProducing()
-        if not self.done.called:
-            self.done.callback(None)
-
-    def _cancel(self, d: Deferred[None]) -> None:
-        self._stop()
-
-
-@implementer(IAgentEndpointFactory)
-class _BackendEndpoint:
-    """
-    Connects an L{Agent} to one backend, whatever the URL says, through
-    the backend's endpoint string (so UNIX and TLS endpoints work too).
-    """
-
-    def __init__(self, reactor: Any, description: str) -> None:
-        self._reactor = reactor
-        self._description = description
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return clientFromString(self._reactor, self._description)
 
 
 class _Check:
@@ -613,57 +534,3 @@ class PoolHealthChecker(Service):
                 reason=result.reason,
                 failures=health.failures,
             )
-
-
-def _oneLine(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else text
-    if len(line) > _REASON_LENGTH:
-        line = line[: _REASON_LENGTH - 3] + "..."
-    return line
-
-
-_WRAPPERS: tuple[tuple[type[Exception], str], ...] = (
-    (ResponseNeverReceived, "no response"),
-    (ResponseFailed, "response failed"),
-    (RequestTransmissionFailed, "request failed"),
-    (RequestGenerationFailed, "request failed"),
-)
-
-_KNOWN: tuple[tuple[type[BaseException], str], ...] = (
-    (CancelledError, "cancelled"),
-    (ConnectingCancelledError, "cancelled"),
-    (ConnectionRefusedError, "connection refused"),
-    (TCPTimedOutError, "connect timed out"),
-    (ConnectTimeoutError, "connect timed out"),
-    (NoRouteError, "no route to host"),
-    (DNSLookupError, "DNS lookup failed"),
-    (ConnectionDone, "connection closed"),
-    (ConnectionLost, "connection lost"),
-)
-
-
-def _describe(f: Failure, timeout: float, inner: bool = False) -> str | None:
-    """
-    A one-line reason for a failed check, or C{None} when C{f} is not one
-    of the ways a network check fails (a bug to log).
-
-    @param inner: C{f} is the cause inside an HTTP client error: describe
-        it whatever it is.
-    """
-    e = f.value
-    if isinstance(e, _TimedOut):
-        return f"timed out after {timeout:g} s"
-    if isinstance(e, _CheckerError):
-        return _oneLine(f"internal error: {e}")
-    for kind, prefix in _WRAPPERS:
-        if isinstance(e, kind):
-            reasons = getattr(e, "reasons", None) or []
-            if reasons and isinstance(reasons[0], Failure):
-                return f"{prefix}: {_describe(reasons[0], timeout, inner=True)}"
-            return prefix
-    for kind, text in _KNOWN:
-        if isinstance(e, kind):
-            return text
-    if isinstance(e, (ConnectError, OSError)) or inner:
-        return _oneLine(f"{type(e).__name__}: {e}")
-    return None
