@@ -150,7 +150,8 @@ class LifecycleIntegrationTests(TestCase):
         self.assertEqual(len(siteB.requests), servedB)
         # Restart it on the same port.
         (siteB2, _) = yield self.startSite(b"b", portB)
-        yield self.waitForCount(proc, rb"backend 127\.0\.0\.1:%d of pool default is UP" % portB, 1)
+        # Its second UP line: the first was at startup.
+        yield self.waitForCount(proc, rb"backend 127\.0\.0\.1:%d of pool default is UP" % portB, 2)
         yield sleep(1.0)
         yield load.stop()
         self.assertTrue(
