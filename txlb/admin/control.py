@@ -3,7 +3,8 @@ Runtime changes to a running L{txlb.service.TxlbService}, as the admin API
 (L{txlb.admin.api}) and C{txlbctl} make them: servers added, re-weighted,
 drained, disabled, enabled and removed, and a pool's strategy swapped.
 
-Every function checks all of its input before it changes anything: bad input
+Every function checks all of its input before it changes anything (the
+checks, and L{ControlError}, are in L{txlb.admin._inputs}): bad input
 raises L{ControlError} (400 naming the field, 404 for an unknown pool or
 server, 409 for a duplicate or a conflict) and leaves the service as it was.
 
@@ -50,18 +51,24 @@ L{keepOnReload} is how L{txlb.reload} keeps the dynamic servers.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from txlb._configvalues import defaultServerName
+from txlb.admin._inputs import (
+    ControlError,
+    _canonicalHost,
+    _checkEndpoint,
+    _checkName,
+    checkHost,
+    checkInteger,
+    checkState,
+)
 from txlb.config import MAX_WEIGHT, ServerConfig, clientEndpointString
 from txlb.plugin import StrategyLookupError, findStrategy
 from txlb.pool import AdminState, Backend, Pool
@@ -69,42 +76,31 @@ from txlb.pool import AdminState, Backend, Pool
 if TYPE_CHECKING:
     from txlb.config import PoolConfig
 
+__all__ = [
+    "ControlError",
+    "POLL_INTERVAL",
+    "addServer",
+    "changeServer",
+    "checkHost",
+    "checkInteger",
+    "checkState",
+    "dynamicNames",
+    "findPool",
+    "findServer",
+    "findServersAt",
+    "isDynamic",
+    "isRemoving",
+    "keepOnReload",
+    "removeServer",
+    "setState",
+    "setStrategy",
+    "setWeight",
+]
+
 _log = Logger()
 
 #: Seconds between two looks at a removed server's connections in flight.
 POLL_INTERVAL = 0.1
-
-#: The states a server may be set to.
-STATES = tuple(state.value for state in AdminState)
-
-# A host name: letters, digits, dots, dashes and underscores.
-_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?\Z")
-# The longest server name accepted.
-_MAX_NAME = 255
-
-
-class ControlError(Exception):
-    """
-    A runtime change that cannot be made; nothing was changed.
-
-    @ivar status: the HTTP status that says why: 400 (bad input), 404
-        (unknown pool or server) or 409 (duplicate, conflict).
-    @ivar field: the input at fault (as the API's JSON names it), or
-        C{None}.
-    @ivar message: what is wrong with it.
-    """
-
-    def __init__(self, status: int, field: str | None, message: str) -> None:
-        super().__init__(status, field, message)
-        self.status = status
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.field is None:
-            return self.message
-        return f"{self.field}: {self.message}"
-
 
 # ------------------------------------------------------------ runtime records
 
@@ -316,98 +312,6 @@ def _checkerOf(txlb: Any, pool: Pool) -> Any:
         if getattr(checker, "pool", None) is pool:
             return checker
     return None
-
-
-# ------------------------------------------------------------ input checks
-
-
-def checkInteger(field: str, value: Any, low: int, high: int | None = None) -> int:
-    """
-    C{value} when it is an integer from C{low} to C{high} (no bound when
-    C{None}); JSON's C{true} is not an integer here.
-
-    @raise ControlError: 400 naming C{field}.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ControlError(400, field, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}-{high}" if high is not None else f"at least {low}"
-        raise ControlError(400, field, f"must be {bounds}, got {value}")
-    return value
-
-
-def checkState(value: Any) -> AdminState:
-    """
-    The L{AdminState} called C{value}.
-
-    @raise ControlError: 400 naming C{state}.
-    """
-    if isinstance(value, str):
-        try:
-            return AdminState(value)
-        except ValueError:
-            pass
-    raise ControlError(
-        400, "state", f"must be one of {', '.join(STATES)}, got {value!r}"
-    )
-
-
-def _canonicalHost(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host.lower()
-
-
-def checkHost(field: str, value: Any) -> str:
-    """
-    A host name or an IP address (an IPv6 one with or without brackets),
-    IP addresses in their canonical form.
-
-    @raise ControlError: 400 naming C{field}.
-    """
-    if isinstance(value, str):
-        host = value.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            if len(host) <= 253 and _HOST_NAME.match(host):
-                return host
-    raise ControlError(
-        400,
-        field,
-        f"must be a host name or an IP address, without a port, got {value!r}",
-    )
-
-
-def _checkEndpoint(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ControlError(
-            400, "endpoint", f"must be a client endpoint string, got {value!r}"
-        )
-    try:
-        # Parsing only: nothing connects, so no reactor is needed.
-        clientFromString(object(), value)
-    except Exception as e:
-        raise ControlError(
-            400, "endpoint", f"not a valid client endpoint string ({e}): {value!r}"
-        )
-    return value
-
-
-def _checkName(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or len(value) > _MAX_NAME
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
-    ):
-        raise ControlError(
-            400, "name", f"must be 1-{_MAX_NAME} printable characters, got {value!r}"
-        )
-    return value
 
 
 # ------------------------------------------------------------ changes
