@@ -19,13 +19,13 @@ from txlb.protocols._httpparts import (
 )
 from txlb.protocols._httpwire import (
     _describe,
-    _interimHeaders,
     _statusHead,
 )
 from txlb.protocols.headers import (
     Body,
     ResponseFraming,
     forwardResponseHeaders,
+    interimResponseHeaders,
     planResponse,
 )
 from txlb.protocols.upstream import (
@@ -55,7 +55,7 @@ class _ResponseRelay:
         if status == 100 and request.framing is not None and request.framing.expectContinue:
             return
         self.transport.write(_statusHead(
-            status, reason, _interimHeaders(headers, request.l7pool.policy.backendHeader)
+            status, reason, interimResponseHeaders(headers, status, request.l7pool.policy)
         ))
 
     def responseStarted(self, exchange: _Exchange, status: int, reason: bytes,

@@ -13,12 +13,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.failure import Failure
 
 from txlb.protocols.framing import _validHost
-from txlb.protocols.headers import (
-    _RESPONSE_DROP,
-    _RESPONSE_DROP_BACKEND,
-    _RESPONSE_PROTECTED,
-    _spoofsProtected,
-)
 
 if TYPE_CHECKING:
     from txlb.protocols._httpparts import ProxiedRequest
@@ -82,32 +76,6 @@ def _errorResponse(
 # Joins one (name, value) pair into a header line; mapped over a block, it
 # serializes the block in C.
 _headerLine = b": ".join
-
-
-def _interimHeaders(headers: Any, backendHeader: bool) -> list[tuple[bytes, bytes]]:
-    """
-    What txlb passes on of an interim (1xx) response's headers: what
-    L{txlb.protocols.headers.forwardResponseHeaders} keeps of a final
-    response's (no hop-by-hop or framing header under any spelling, none
-    that its C{Connection} names, and no C{X-Backend-Server} of the
-    backend's own when txlb writes that header), and nothing added.
-
-    @param backendHeader: the listener sends C{X-Backend-Server}.
-    """
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    drop = (_RESPONSE_DROP_BACKEND if backendHeader else _RESPONSE_DROP) | named
-    out = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in drop:
-            continue
-        if b"_" in lowered and _spoofsProtected(lowered, _RESPONSE_PROTECTED):
-            continue
-        out.append((name, value))
-    return out
 
 
 def _statusHead(status: int, reason: bytes, headers: Any) -> bytes:

@@ -42,6 +42,7 @@ from txlb.protocols.framing import (
     ResponsePlan,
     _badNameChar,
     _badValueChar,
+    _tokens,
     _validHost,
     planResponse,
     validateRequestHeaders,
@@ -62,6 +63,8 @@ __all__ = [
     "ResponsePlan",
     "forwardRequestHeaders",
     "forwardResponseHeaders",
+    "interimResponseHeaders",
+    "keptResponseHeaders",
     "planResponse",
     "validateRequestHeaders",
     "validateResponseHeaders",
@@ -505,6 +508,53 @@ def _backendValue(name: str | bytes) -> bytes:
     return bytes(c for c in raw if c in _FIELD_CHARS).strip(_WS) or b"unknown"
 
 
+def keptResponseHeaders(
+    headers: Headers, named: frozenset[bytes], backendHeader: bool
+) -> list[tuple[bytes, bytes]]:
+    """
+    The headers of a backend's response (final or interim) that txlb
+    passes on: all but the hop-by-hop and framing headers (under any
+    spelling a backend could read as one), those named in its
+    C{Connection} (C{named}), and, when txlb writes C{X-Backend-Server}
+    itself, the backend's own.
+
+    @param headers: the validated response headers, as received.
+    @param named: the response's C{Connection} tokens, lowercase.
+    @param backendHeader: the policy's C{backendHeader}.
+    @return: a new list of the kept header lines.
+    """
+    if backendHeader:
+        actions, drop = _RESPONSE_ACTIONS_BACKEND, _RESPONSE_DROP_BACKEND
+    else:
+        actions, drop = _RESPONSE_ACTIONS, _RESPONSE_DROP
+    if named <= drop:
+        # The usual Connection values (keep-alive, close) name only headers
+        # dropped anyway.
+        return [header for header in headers if not actions[header[0]]]
+    return [
+        header
+        for header in headers
+        if not actions[header[0]] and header[0].lower() not in named
+    ]
+
+
+def interimResponseHeaders(
+    headers: Headers, status: int, policy: ForwardingPolicy
+) -> list[tuple[bytes, bytes]]:
+    """
+    The header block txlb sends a client for an interim (1xx, not 101)
+    response: L{keptResponseHeaders}, and nothing added.
+
+    @param headers: the interim response's validated headers.
+    @param status: its status.
+    @param policy: the forwarding policy.
+    """
+    named = _tokens(
+        [value for name, value in headers if name.lower() == b"connection"], status
+    )
+    return keptResponseHeaders(headers, named, policy.backendHeader)
+
+
 def forwardResponseHeaders(
     headers: Headers,
     framing: ResponseFraming,
@@ -537,22 +587,7 @@ def forwardResponseHeaders(
         has it already.
     @return: new header lines; those txlb writes have canonical names.
     """
-    if policy.backendHeader:
-        actions, drop = _RESPONSE_ACTIONS_BACKEND, _RESPONSE_DROP_BACKEND
-    else:
-        actions, drop = _RESPONSE_ACTIONS, _RESPONSE_DROP
-    named = framing.connectionTokens
-    if named <= drop:
-        # The usual Connection values (keep-alive, close) name only headers
-        # dropped anyway.
-        out = [header for header in headers if not actions[header[0]]]
-    else:
-        out = [
-            header
-            for header in headers
-            if not actions[header[0]] and header[0].lower() not in named
-        ]
-
+    out = keptResponseHeaders(headers, framing.connectionTokens, policy.backendHeader)
     status = framing.status
     if status == 101:
         if framing.upgrade is not None:

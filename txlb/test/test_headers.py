@@ -25,6 +25,7 @@ from txlb.protocols.headers import (
     ResponsePlan,
     forwardRequestHeaders,
     forwardResponseHeaders,
+    interimResponseHeaders,
     planResponse,
     validateRequestHeaders,
     validateResponseHeaders,
@@ -1528,3 +1529,43 @@ class RememberedValuesTests(SynchronousTestCase):
             ],
             first,
         )
+
+
+# (label, backendHeader, interim headers, what is passed on)
+INTERIM: list[tuple[str, bool, Pairs, Pairs]] = [
+    ("kept as received", False, [(b"Link", b"</a.css>; rel=preload")],
+     [(b"Link", b"</a.css>; rel=preload")]),
+    ("hop-by-hop dropped", False,
+     [(b"Keep-Alive", b"timeout=5"), (b"Connection", b"keep-alive"), (b"Link", b"</a>")],
+     [(b"Link", b"</a>")]),
+    ("Connection-named dropped", False,
+     [(b"Connection", b"X-Secret, close"), (b"x-secret", b"1"), (b"Link", b"</a>")],
+     [(b"Link", b"</a>")]),
+    ("framing dropped", False, [(b"Content-Length", b"0"), (b"Link", b"</a>")],
+     [(b"Link", b"</a>")]),
+    ("underscore spelling dropped", False,
+     [(b"Transfer_Encoding", b"chunked"), (b"Link", b"</a>")], [(b"Link", b"</a>")]),
+    ("backend's X-Backend-Server kept without the policy", False,
+     [(b"X-Backend-Server", b"b1")], [(b"X-Backend-Server", b"b1")]),
+    ("backend's X-Backend-Server dropped with it, nothing added", True,
+     [(b"X-Backend-Server", b"b1"), (b"X_Backend_Server", b"b2"), (b"Link", b"</a>")],
+     [(b"Link", b"</a>")]),
+]
+
+
+class InterimResponseHeadersTests(SynchronousTestCase):
+    """
+    L{interimResponseHeaders} filters a 1xx response as
+    L{forwardResponseHeaders} filters a final one, and adds nothing.
+    """
+
+    def test_table(self) -> None:
+        wrong = [
+            (label, expected, got)
+            for label, backendHeader, headers, expected in INTERIM
+            for got in [interimResponseHeaders(
+                headers, 103, ForwardingPolicy(backendHeader=backendHeader)
+            )]
+            if got != expected
+        ]
+        self.assertEqual([], wrong)
