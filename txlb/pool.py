@@ -520,20 +520,14 @@ class Pool:
             backend.consecutiveFailures = 0
         else:
             backend.recordSuccess(seconds, status < 500)
+        # self._latencyObserver, inline: this runs for every response.
         strategy = self.strategy
         if self._observerFor is not strategy:
             self._observerFor = strategy
             self._observer = ILatencyObserver(strategy, None)
         observer = self._observer
         if observer is not None:
-            try:
-                observer.latencyObserved(backend, seconds)
-            except Exception:
-                self._log.failure(
-                    "strategy {algorithm} of pool {pool} failed to observe latency",
-                    algorithm=self.algorithm,
-                    pool=self.name,
-                )
+            self._tellObserver(observer, backend, seconds)
 
     def observeLatency(self, backend: Backend, seconds: float, ok: bool = True) -> None:
         """
@@ -545,14 +539,23 @@ class Pool:
         backend.recordSuccess(seconds, ok)
         observer = self._latencyObserver
         if observer is not None:
-            try:
-                observer.latencyObserved(backend, seconds)
-            except Exception:
-                self._log.failure(
-                    "strategy {algorithm} of pool {pool} failed to observe latency",
-                    algorithm=self.algorithm,
-                    pool=self.name,
-                )
+            self._tellObserver(observer, backend, seconds)
+
+    def _tellObserver(
+        self, observer: ILatencyObserver, backend: Backend, seconds: float
+    ) -> None:
+        """
+        Give the strategy's latency observer one observation; a broken
+        plugin is logged, and the pool goes on.
+        """
+        try:
+            observer.latencyObserved(backend, seconds)
+        except Exception:
+            self._log.failure(
+                "strategy {algorithm} of pool {pool} failed to observe latency",
+                algorithm=self.algorithm,
+                pool=self.name,
+            )
 
 
 @attrs.frozen
