@@ -216,6 +216,22 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.b.latency, 0.25)
         self.assertEqual(self.strategy.latencies, [("b", 0.25)])
 
+    def test_brokenObserverLogged(self):
+        """
+        An observer strategy that raises is logged, for a connect's latency
+        and for an L7 response's alike, and the observation is still
+        recorded on the backend.
+        """
+        def broken(backend, seconds):
+            raise RuntimeError("broken observer")
+
+        self.strategy.latencyObserved = broken
+        self.pool.observeLatency(self.b, 0.25)
+        self.pool.observeResponse(self.b, 200, 0.5)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(self.b.responses[2], 1)
+        self.assertIsNotNone(self.b.latency)
+
 
 class _Breaker:
     """
