@@ -29,6 +29,7 @@ import argparse
 import time
 from select import EPOLLIN
 
+from _standins import StandInPoller, StandInSocket, best
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -81,30 +82,6 @@ class _Ping(Protocol):
         self.received += data
 
 
-class _StandInSocket:
-    """
-    A socket whose C{recv} always returns C{payload} and whose C{send} takes
-    all it is given, both implemented in C so that they cost next to nothing.
-    """
-
-    def __init__(self, real, payload: bytes, bufferSize: int) -> None:
-        self.recv = {bufferSize: payload}.get
-        self.send = len
-        self.fileno = real.fileno
-
-
-class _StandInPoller:
-    """
-    An epoll that reports the same events at every poll.
-    """
-
-    def __init__(self, events: list[tuple[int, int]]) -> None:
-        self._events = events
-
-    def poll(self, timeout: float, maxEvents: int) -> list[tuple[int, int]]:
-        return self._events
-
-
 def _relayOneConnection(reactor: HotPathReactor, idleTimeout: float | None):
     """
     Relay one real connection on 127.0.0.1 until its ping has come back.
@@ -143,18 +120,6 @@ def _relayOneConnection(reactor: HotPathReactor, idleTimeout: float | None):
     return relay
 
 
-def _best(run, requests: int) -> float:
-    """
-    @return: the fewest nanoseconds per request over five runs of C{run}.
-    """
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best / requests * 1e9
-
-
 def main() -> None:
     """
     Measure and print.
@@ -172,9 +137,9 @@ def main() -> None:
     reactor = HotPathReactor()
     relay = _relayOneConnection(reactor, args.idle_timeout or None)
     client, backend = relay.transport, relay._backendTransport
-    client.socket = _StandInSocket(client.socket, REQUEST, client.bufferSize)
-    backend.socket = _StandInSocket(backend.socket, RESPONSE, backend.bufferSize)
-    reactor._poller = _StandInPoller(
+    client.socket = StandInSocket(client.socket, REQUEST, client.bufferSize)
+    backend.socket = StandInSocket(backend.socket, RESPONSE, backend.bufferSize)
+    reactor._poller = StandInPoller(
         [(client.fileno(), EPOLLIN), (backend.fileno(), EPOLLIN)] * _BATCH
     )
 
@@ -189,8 +154,8 @@ def main() -> None:
             clientRead()
             backendRead()
 
-    print(f"{_best(polls, requests):6.0f} ns/request  doPoll, both legs")
-    print(f"{_best(reads, requests):6.0f} ns/request  doRead, both legs")
+    print(f"{best(polls, requests):6.0f} ns/request  doPoll, both legs")
+    print(f"{best(reads, requests):6.0f} ns/request  doRead, both legs")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ import argparse
 import cProfile
 import pstats
 import time
-from functools import partial
 from itertools import cycle, islice
 from select import EPOLLIN
 
+from _standins import StandInPoller, StandInSocket, best
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
@@ -169,47 +169,6 @@ class _Client(Protocol):
         self.received += data
 
 
-class _StandInSocket:
-    """
-    A socket whose C{recv} returns C{payload} (or each of a list of payloads
-    in turn, round and round) and whose C{send} takes all it is given (or
-    records it, with C{sent}), both cheap.
-    """
-
-    def __init__(self, real, payload: bytes | list[bytes], bufferSize: int,
-                 sent=None) -> None:
-        if isinstance(payload, list) and len(payload) == 1:
-            payload = payload[0]
-        if isinstance(payload, bytes):
-            self.recv = {bufferSize: payload}.get
-        else:
-            # next(payloads, bufferSize): the next one, in C, as cheap as
-            # dict.get (a cycle never runs out, so the default is unused).
-            self.recv = partial(next, cycle(payload))
-        if sent is None:
-            self.send = len
-        else:
-
-            def send(data: bytes) -> int:
-                sent.append(data)
-                return len(data)
-
-            self.send = send
-        self.fileno = real.fileno
-
-
-class _StandInPoller:
-    """
-    An epoll that reports the same events at every poll.
-    """
-
-    def __init__(self, events: list[tuple[int, int]]) -> None:
-        self._events = events
-
-    def poll(self, timeout: float, maxEvents: int) -> list[tuple[int, int]]:
-        return self._events
-
-
 class _AlternatingPoller:
     """
     An epoll that reports every client readable, then every backend
@@ -300,12 +259,12 @@ def _measureMany(reactor: HotPathReactor, protos: list, connections: list,
 
     for i, proto in enumerate(protos):
         transport = proto.transport
-        transport.socket = _StandInSocket(
+        transport.socket = StandInSocket(
             transport.socket, share(requestPayloads, i), transport.bufferSize
         )
     for i, connection in enumerate(connections):
         transport = connection.transport
-        transport.socket = _StandInSocket(
+        transport.socket = StandInSocket(
             transport.socket, share(responsePayloads, i), transport.bufferSize
         )
     poller = reactor._poller = _AlternatingPoller(
@@ -320,21 +279,9 @@ def _measureMany(reactor: HotPathReactor, protos: list, connections: list,
             doPoll(0)
 
     polls()
-    print(f"{_best(polls, rounds * count):6.0f} ns/request  doPoll, both sides, "
+    print(f"{best(polls, rounds * count):6.0f} ns/request  doPoll, both sides, "
           f"{count} connections")
     del poller
-
-
-def _best(run, requests: int) -> float:
-    """
-    @return: the fewest nanoseconds per request over five runs of C{run}.
-    """
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best / requests * 1e9
 
 
 def main() -> None:
@@ -375,10 +322,10 @@ def main() -> None:
     if args.show:
         toClient: list[bytes] = []
         toBackend: list[bytes] = []
-        client.socket = _StandInSocket(
+        client.socket = StandInSocket(
             realClient, requestPayloads, client.bufferSize, toClient
         )
-        backend.socket = _StandInSocket(
+        backend.socket = StandInSocket(
             realBackend, responsePayloads, backend.bufferSize, toBackend
         )
         client.doRead()
@@ -386,9 +333,9 @@ def main() -> None:
         print("to the backend:", b"".join(toBackend).decode("latin-1"), sep="\n")
         print("to the client:", b"".join(toClient).decode("latin-1"), sep="\n")
 
-    client.socket = _StandInSocket(realClient, requestPayloads, client.bufferSize)
-    backend.socket = _StandInSocket(realBackend, responsePayloads, backend.bufferSize)
-    reactor._poller = _StandInPoller(
+    client.socket = StandInSocket(realClient, requestPayloads, client.bufferSize)
+    backend.socket = StandInSocket(realBackend, responsePayloads, backend.bufferSize)
+    reactor._poller = StandInPoller(
         [(client.fileno(), EPOLLIN), (backend.fileno(), EPOLLIN)] * _BATCH
     )
 
@@ -423,8 +370,8 @@ def main() -> None:
         stats.sort_stats("tottime").print_stats(40)
         return
     polls()
-    print(f"{_best(polls, requests):6.0f} ns/request  doPoll, both sides")
-    print(f"{_best(protocols, requests):6.0f} ns/request  dataReceived, both sides")
+    print(f"{best(polls, requests):6.0f} ns/request  doPoll, both sides")
+    print(f"{best(protocols, requests):6.0f} ns/request  dataReceived, both sides")
 
 
 if __name__ == "__main__":
