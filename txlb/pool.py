@@ -470,10 +470,7 @@ class Pool:
         had passed (L{QueueTimeout} with C{why}), instead of waiting for it.
         """
         while self._waiting:
-            waiter = self._waiting[0]
-            waiter._leave()
-            self.dropped["queue_timeout"] += 1
-            waiter.deferred.errback(QueueTimeout(f"pool {self.name}: {why}"))
+            self._waiting[0].giveUp(why)
 
     def availabilityChanged(self) -> None:
         """
@@ -610,14 +607,16 @@ class _Waiter:
         The queue timeout passed.
         """
         self.timer = None
+        self.giveUp(f"no backend free within {self.pool.queueTimeout:g} s")
+
+    def giveUp(self, why: str) -> None:
+        """
+        Leave the queue without a backend: fail with L{QueueTimeout}
+        saying C{why}, counted as a queue timeout.
+        """
         self._leave()
         self.pool.dropped["queue_timeout"] += 1
-        self.deferred.errback(
-            QueueTimeout(
-                f"pool {self.pool.name}: no backend free within "
-                f"{self.pool.queueTimeout:g} s"
-            )
-        )
+        self.deferred.errback(QueueTimeout(f"pool {self.pool.name}: {why}"))
 
     def finish(self, backend: Backend) -> None:
         """
