@@ -403,14 +403,20 @@ class Backend:
         if passive is not None:
             passive.succeeded(self)
 
-    def recordFailure(self, reason: str) -> None:
+    def recordFailure(self, reason: str, heldAgainst: bool = True) -> None:
         """
-        A connect failed or timed out, for C{reason}.
+        A connect or an exchange failed or timed out, for C{reason}.
+
+        @param heldAgainst: whether it says something of the backend: when
+            C{False} (an L7 retry cut short by the request's overall
+            deadline) it is counted, but neither in the consecutive
+            failures nor by the passive checks (breaker, outlier detection).
         """
         self.failures += 1
-        self.consecutiveFailures += 1
         self.lastFailureReason = reason
-        self._passiveFailure(reason)
+        if heldAgainst:
+            self.consecutiveFailures += 1
+            self._passiveFailure(reason)
 
     def _passiveFailure(self, reason: str) -> None:
         breaker = self.breaker

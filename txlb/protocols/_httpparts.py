@@ -608,6 +608,15 @@ class _Exchange:
     def current(self) -> bool:
         return self.request.exchange is self
 
+    def stopDeadline(self) -> None:
+        """
+        The connect is over, one way or another: its cut at the request's
+        deadline is no longer due.
+        """
+        call, self.deadlineCall = self.deadlineCall, None
+        if call is not None:
+            call.cancel()
+
     def releaseBackend(self) -> None:
         """
         Count this attempt's request out of the backend, once.

@@ -265,20 +265,13 @@ class _BackendSender:
         backend = exchange.backend
         request = exchange.request
         self.factory.counters["deadline"] += 1
-        if request.attempts <= 1:
-            backend.recordFailure(why)
-        else:
-            # The failure is counted, not held against the backend.
-            backend.failures += 1
-            backend.lastFailureReason = why
+        backend.recordFailure(why, heldAgainst=request.attempts <= 1)
         backend.recordResponse(0, self.reactor.seconds() - exchange.started)
 
     def backendConnected(self, connection: UpstreamConnection,
                          exchange: _Exchange) -> None:
         exchange.connecting = None
-        if exchange.deadlineCall is not None:
-            exchange.deadlineCall.cancel()
-            exchange.deadlineCall = None
+        exchange.stopDeadline()
         request = exchange.request
         if request.exchange is not exchange:
             connection.abort()
@@ -386,9 +379,7 @@ class _BackendSender:
 
     def connectFailed(self, reason: Failure, exchange: _Exchange) -> None:
         exchange.connecting = None
-        if exchange.deadlineCall is not None:
-            exchange.deadlineCall.cancel()
-            exchange.deadlineCall = None
+        exchange.stopDeadline()
         if not exchange.current:
             return
         request = exchange.request
