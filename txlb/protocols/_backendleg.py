@@ -56,9 +56,17 @@ _NETWORK_ERRORS = (
     OSError,
 )
 
-# The log namespace of L{_BackendProtocol}: the relay's, so that one prefix,
-# C{txlb.protocols.tcp}, still selects every event of the L4 relay.
-_LOG_NAMESPACE = "txlb.protocols.tcp._BackendProtocol"
+def _relayLogger(name: str) -> property:
+    """
+    The C{_log} of a class of the L4 relay: a L{Logger} whose namespace is
+    C{txlb.protocols.tcp.NAME}, the one the class had when it lived in
+    L{txlb.protocols.tcp}, so that one prefix still selects every event of
+    the relay.  (C{Logger()} as a class attribute would name it after the
+    module it is in now.)  Like that descriptor, it makes a new L{Logger},
+    with the instance as its source, on each use.
+    """
+    namespace = "txlb.protocols.tcp." + name
+    return property(lambda self: Logger(namespace=namespace, source=self))
 
 
 def _setNoDelay(transport: ITransport) -> None:
@@ -265,17 +273,7 @@ class _BackendProtocol(Protocol):
     @ivar readDone: the backend sent EOF before the relay took it on.
     """
 
-    @property
-    def _log(self) -> Logger:
-        """
-        The logger of this leg.
-
-        C{Logger()} as a class attribute would name it after this module;
-        its events keep the namespace they had when this class lived in
-        L{txlb.protocols.tcp}, where the relay's log prefix selects them.
-        Like that descriptor, this makes a new L{Logger} on each use.
-        """
-        return Logger(namespace=_LOG_NAMESPACE, source=self)
+    _log = _relayLogger("_BackendProtocol")
 
     def __init__(self, attempt: _Attempt) -> None:
         self._attempt = attempt

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -32,6 +32,7 @@ from txlb.protocols._backendleg import (
     _BackendFactory,
     _BackendProtocol,
     _halfClose,
+    _relayLogger,
     _setNoDelay,
     _timedOut,
 )
@@ -100,14 +101,7 @@ class _ClientProtocol(Protocol):
         by the backend leg, L{_BackendProtocol}).
     """
 
-    @property
-    def _log(self) -> Logger:
-        """
-        The logger of this leg, named as when this class lived in
-        L{txlb.protocols.tcp}: one prefix, C{txlb.protocols.tcp}, selects
-        every event of the L4 relay (see L{_BackendProtocol._log}).
-        """
-        return Logger(namespace="txlb.protocols.tcp._ClientProtocol", source=self)
+    _log = _relayLogger("_ClientProtocol")
 
     def __init__(self, factory: TCPRelayFactory) -> None:
         self.factory = factory
