@@ -23,6 +23,7 @@ from zope.interface import implementer
 from txlb.limits import ConnectionLimit, RetryBudget
 from txlb.pool import Backend, Pool
 from txlb.protocols._httpwire import _Reject, _statusHead
+from txlb.protocols._seen import SeenOnce
 from txlb.protocols.headers import (
     ForwardingPolicy,
     RequestFraming,
@@ -244,16 +245,16 @@ class _FactoryBase(ServerFactory):
         self._ids = itertools.count(1)
         self._idPrefix = os.urandom(6).hex().encode("ascii")
         self.knownRequests: dict[bytes, _KnownRequest] = {}
-        # The hashes of whole request reads parsed once (see
+        # The whole request reads parsed once (see
         # _RequestReader.on_message_complete).
-        self.seenRequests: set[int] = set()
+        self.seenRequests = SeenOnce(_MAX_SEEN_REQUESTS)
 
     def rememberRequest(self, data: bytes, request: ProxiedRequest) -> None:
         """
         C{request}, routed and without a body, was parsed from C{data}, one
         whole read that started at a message boundary and held nothing
-        else, and seen before: remember it, if it is plain enough that the same bytes will
-        always be the same request (an HTTP/1.1 keep-alive request that
+        else, and seen before: remember it, if it is plain enough that the
+        same bytes will always be the same request (an HTTP/1.1 keep-alive request that
         asks for nothing special of the connection) and at most
         C{_MAX_KNOWN_REQUEST_SIZE} bytes.
         """

@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 
 from txlb.protocols._httpparts import (
     _MAX_KNOWN_REQUEST_SIZE,
-    _MAX_SEEN_REQUESTS,
     BODY_HIGH_WATER,
     MAX_PIPELINE,
     ProxiedRequest,
@@ -477,13 +476,10 @@ class _RequestReader:
                 # remembering costs more than parsing once, and most
                 # requests of traffic whose heads vary never come again.
                 factory = self.factory
-                seen = factory.seenRequests
-                key = hash(data)
-                if key not in seen:
-                    if len(seen) >= _MAX_SEEN_REQUESTS:
-                        seen.clear()
-                    seen.add(key)
-                elif data.find(b"\r\n\r\n") == len(data) - 4:
+                if (
+                    factory.seenRequests.again(data)
+                    and data.find(b"\r\n\r\n") == len(data) - 4
+                ):
                     # The read was this request, and nothing else.
                     factory.rememberRequest(data, request)
             return

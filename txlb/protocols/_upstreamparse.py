@@ -60,6 +60,7 @@ from typing import Sequence
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from txlb.protocols._seen import SeenOnce
 from txlb.protocols.headers import (
     Body,
     HeaderError,
@@ -101,12 +102,10 @@ _Whole = tuple[int, tuple[int, int], int, bytes, tuple[tuple[bytes, bytes], ...]
                ResponseFraming, bytes]
 _KNOWN_RESPONSES: dict[bytes, _Whole] = {}
 _KNOWN_HEAD_RESPONSES: dict[bytes, _Whole] = {}
-# The hashes of heads parsed once that could be remembered: a head is
-# remembered the second time it is parsed, not the first (remembering costs
-# more than parsing once, and heads that vary seldom come again).  Emptied
-# when full.
-_SEEN_HEADS: set[int] = set()
+# The heads parsed once that could be remembered: a head is remembered the
+# second time it is parsed (see txlb.protocols._seen).
 _MAX_SEEN_HEADS = 1024
+_SEEN_HEADS = SeenOnce(_MAX_SEEN_HEADS)
 
 
 class ResponseSink(TypingProtocol):
@@ -535,12 +534,7 @@ class ResponseReader:
             and (body is _BODY_LENGTH or body is _BODY_NONE)
             and len(head) <= _MAX_KNOWN_HEAD_SIZE
         ):
-            key = hash(head)
-            if key not in _SEEN_HEADS:
-                if len(_SEEN_HEADS) >= _MAX_SEEN_HEADS:
-                    _SEEN_HEADS.clear()
-                _SEEN_HEADS.add(key)
-            else:
+            if _SEEN_HEADS.again(head):
                 known = _KNOWN_HEAD_HEADS if self._method == b"HEAD" else _KNOWN_HEADS
                 if len(known) >= _MAX_KNOWN_HEADS:
                     known.clear()
