@@ -350,6 +350,49 @@ class LifecycleIntegrationTests(TestCase):
         self.assertNotIn(b"Traceback", proc.output)
 
     @inlineCallbacks
+    def test_newListenerAcceptsAfterNewPoolsFirstRound(self):
+        """
+        A listener added by a SIGHUP reload, on a pool added with it, does
+        not answer before that pool's first health round is over: a client
+        that connects at once waits, and is then served by the pool's
+        server (without the wait it would get 503 from a pool whose only
+        server is still pending).
+        """
+        (_, portA) = yield self.startSite(b"a")
+        (siteB, portB) = yield self.startSite(b"b")
+        webPort, apiPort = procs.freePort(), procs.freePort()
+        listener = (
+            '[listeners.web]\naddress = "127.0.0.1"\nport = {web}\nlayer = "L7"\npool = "app"\n'
+            "[pools.app]\n"
+            '[[pools.app.servers]]\naddress = "127.0.0.1"\nport = {a}\n'
+        ).format(web=webPort, a=portA)
+        config = self.writeConfig(listener)
+        proc, ports = yield self.startTxlb(config)
+        # The new pool's first check is held by its server until released.
+        self.writeConfig(
+            listener
+            + '[listeners.api]\naddress = "127.0.0.1"\n'
+            f'port = {apiPort}\nlayer = "L7"\npool = "fresh"\n'
+            "[pools.fresh]\n"
+            '[pools.fresh.health_check]\ntype = "http"\npath = "/hold"\n'
+            "interval = 5\ntimeout = 4\njitter = 0\n"
+            f'[[pools.fresh.servers]]\naddress = "127.0.0.1"\nport = {portB}\n'
+        )
+        proc.transport.signalProcess("HUP")
+        yield proc.waitFor(rb"reloaded ")
+        check = yield siteB.arrived
+        client = Collector()
+        yield connectProtocol(TCP4ClientEndpoint(_reactor(), "127.0.0.1", apiPort), client)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        yield sleep(0.5)
+        self.assertEqual(client.received, b"", self.tail(proc))
+        self.assertFalse(check.finished)
+        siteB.releaseHeld()
+        received = yield client.done
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK"), received)
+        self.assertTrue(received.endswith(b"b\n"), received)
+
+    @inlineCallbacks
     def test_invalidReloadKeepsRunning(self):
         """
         A SIGHUP with a broken file logs the error as at startup and keeps
